@@ -1,0 +1,5 @@
+"""``python -m pdc`` is the ``pdc`` command."""
+
+from pdc.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""Entry point of the ``pdc`` command.
+
+User errors (:class:`pdc.errors.PdcError`) are printed as one line on stderr with exit status 2; the
+same status Typer uses for bad usage.  Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pdc.cli import metrics as metrics_cli
+from pdc.errors import PdcError
+
+app = typer.Typer(
+    name="pdc",
+    help="Perceptual image codec: a diffusion decoder corrected by a privileged end-to-end decoder (CorrDiff).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(metrics_cli.app, name="metrics")
+app.command("weights")(metrics_cli.weights)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; convert user errors into a single line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except PdcError as exc:
+        print(f"pdc: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

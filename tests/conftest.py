@@ -1,0 +1,28 @@
+"""Shared fixtures: paths to the shared test data (skipped where absent) and a per-test weights cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("PDC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when the data set is not on this machine."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared test data not available: {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def lpips_reference() -> Path:
+    return shared("lpips-reference")
+
+
+@pytest.fixture(scope="session")
+def kodak() -> Path:
+    return shared("kodak")

@@ -1,0 +1,53 @@
+"""LPIPS reproduces the published reference distances; FID/KID behave as distances on patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pdc.imageio import load_tensor
+from pdc.metrics.perceptual import extract_patches, fid_from_features, kid_from_features, lpips
+
+
+def test_lpips_alex_reference_distances(lpips_reference):
+    ref = load_tensor(lpips_reference / "ex_ref.png")
+    p0 = load_tensor(lpips_reference / "ex_p0.png")
+    p1 = load_tensor(lpips_reference / "ex_p1.png")
+    # Published by the LPIPS authors for v0.1/alex (README of richzhang/PerceptualSimilarity).
+    assert lpips(ref, p0) == pytest.approx(0.722, abs=0.002)
+    assert lpips(ref, p1) == pytest.approx(0.138, abs=0.002)
+
+
+def test_lpips_identical_is_zero(lpips_reference):
+    ref = load_tensor(lpips_reference / "ex_ref.png")
+    assert lpips(ref, ref) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_patches_include_the_shifted_grid():
+    x = torch.rand(1, 3, 512, 768)
+    p = extract_patches(x)
+    # aligned grid 2×3 = 6, shifted grid (384×640 usable) 1×2 = 2
+    assert p.shape == (8, 3, 256, 256)
+    torch.testing.assert_close(p[0], x[0, :, :256, :256])
+    torch.testing.assert_close(p[6], x[0, :, 128:384, 128:384])
+
+
+def test_fid_and_kid_are_zero_for_identical_sets_and_grow_with_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 16))
+    b = rng.normal(size=(300, 16))
+    assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert abs(kid_from_features(a, b, subsets=10, subset_size=100)) < 0.05
+    shifted = b + 1.0
+    assert fid_from_features(a, shifted) == pytest.approx(16.0, rel=0.2)  # ‖Δμ‖² = 16
+    assert kid_from_features(a, shifted, subsets=10, subset_size=100) > 0.5
+
+
+@pytest.mark.slow
+def test_inception_fid_of_kodak_with_itself_is_zero(kodak):
+    from pdc.metrics.perceptual import fid_kid
+
+    imgs = [load_tensor(kodak / f"kodim0{i}.png") for i in range(1, 5)]
+    f, _ = fid_kid(imgs, imgs)
+    assert f == pytest.approx(0.0, abs=1e-3)
