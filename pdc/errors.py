@@ -39,3 +39,7 @@ class ConfigError(PdcError):
 
 class ModelPackageError(PdcError):
     """A model package is missing, incomplete or fails its hash check."""
+
+
+class DataError(PdcError):
+    """A dataset folder, shard set, download or checksum is missing, invalid or does not verify."""

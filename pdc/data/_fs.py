@@ -1,0 +1,92 @@
+"""Atomic outputs: folders are built in a hidden staging folder next to the target, then renamed.
+
+A crash (or an exception) leaves either the old folder or the new one, never a half-written one.  The
+staging folder is removed on any exception; only a hard kill can leave a hidden ``.NAME.*.tmp`` folder
+behind, which every pdc listing ignores (hidden names are skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def staging_dir(dest: Path) -> Iterator[Path]:
+    """Yield an empty folder next to ``dest``; on normal exit it replaces ``dest`` (old content removed)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+    os.mkdir(tmp)  # normal permissions (umask), unlike mkdtemp's 0700
+    try:
+        yield tmp
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Move folder ``new`` to ``dest``, replacing an existing ``dest`` with two renames."""
+    if dest.exists() or dest.is_symlink():
+        old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
+        os.rename(dest, old)
+        try:
+            os.rename(new, dest)
+        except BaseException:
+            os.rename(old, dest)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.rename(new, dest)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Plain write, for files inside a staging folder (the folder rename is the atomic step)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_hidden(rel: Path) -> bool:
+    """True if any component of a relative path starts with a dot (staging folders, .DS_Store, ...)."""
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def list_files(folder: Path) -> list[Path]:
+    """All regular, non-hidden files under ``folder`` (recursive), as sorted relative POSIX paths."""
+    out: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith("."):
+                continue
+            p = Path(root) / name
+            if p.is_file():
+                out.append(p.relative_to(folder))
+    return sorted(out, key=lambda r: r.as_posix())
+
+
+def tree_hash(folder: Path) -> str:
+    """SHA-256 over the sorted (relative path, file SHA-256) pairs of every non-hidden file in ``folder``."""
+    h = hashlib.sha256()
+    for rel in list_files(folder):
+        h.update(f"{rel.as_posix()}\t{sha256_file(folder / rel)}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,205 @@
+"""WebDataset shards: deterministic tar files for the train and val splits, plus ``manifest.json``.
+
+* **Split rule** (stable when files are added or removed): a file goes to ``val`` iff the first 8 bytes
+  of ``sha256(relative POSIX path)``, read as a big-endian integer, modulo 1000 are below
+  ``round(val_fraction * 1000)``.  It depends only on the file's own path.
+* **Order**: within a split, samples are ordered by that same digest (then path): deterministic, and it
+  mixes corpora across shards, which helps shuffling.  ``shard_size`` samples go into each shard.
+* **Sample**: ``<key>.png`` (8-bit RGB PNG; a clean RGB PNG source is stored verbatim, anything else is
+  converted as in :mod:`pdc.data.validate` and encoded with :func:`pdc.imageio.encode_png`) and
+  ``<key>.json`` (source path and size).  The key is the relative path without its suffix, with dots
+  in the file name replaced by ``_`` (WebDataset splits keys at the first dot of the name).
+* **Bytes**: tar members carry fixed metadata (mtime 2000-01-01, uid/gid 0, no user/group names, mode
+  0444), so two runs on the same input give byte-identical shards.
+* **Atomicity**: the output folder is built next to ``out`` and renamed over it in one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from pdc import __version__
+from pdc.data._fs import list_files, sha256_file, staging_dir, tree_hash, write_file
+from pdc.data.validate import DEFAULT_MIN_SIZE, inspect_file
+from pdc.errors import DataError
+from pdc.imageio import MAX_PIXELS, encode_png
+
+MANIFEST = "manifest.json"
+FORMAT = "pdc-shards/1"
+SPLITS = ("train", "val")
+DEFAULT_SHARD_SIZE = 16
+DEFAULT_VAL_FRACTION = 0.1
+#: Fixed tar member mtime (2000-01-01T00:00:00Z) for reproducible bytes.
+TAR_MTIME = 946_684_800
+
+Progress = Callable[[int, int], None]
+
+
+def _path_digest(rel: str) -> bytes:
+    return hashlib.sha256(rel.encode("utf-8")).digest()
+
+
+def split_of(rel: str | PurePosixPath, val_fraction: float = DEFAULT_VAL_FRACTION) -> str:
+    """``"val"`` or ``"train"`` for a relative path (POSIX separators), by the fixed hash rule."""
+    if not 0.0 <= val_fraction <= 1.0:
+        raise DataError(f"val fraction must be in [0, 1], got {val_fraction}")
+    bucket = int.from_bytes(_path_digest(str(PurePosixPath(rel)))[:8], "big") % 1000
+    return "val" if bucket < round(val_fraction * 1000) else "train"
+
+
+def sample_key(rel: str) -> str:
+    """WebDataset key of a relative path: suffix dropped, dots in the file name replaced by ``_``."""
+    p = PurePosixPath(rel)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    stem = stem.replace(".", "_")
+    return str(p.parent / stem) if str(p.parent) != "." else stem
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime = TAR_MTIME
+    ti.mode = 0o444
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.type = tarfile.REGTYPE
+    tar.addfile(ti, io.BytesIO(data))
+
+
+class _ShardSink:
+    """Writes samples into ``<split>-NNNNNN.tar`` files of ``shard_size`` samples each."""
+
+    def __init__(self, folder: Path, split: str, shard_size: int) -> None:
+        self.folder, self.split, self.shard_size = folder, split, shard_size
+        self.shards: list[dict] = []
+        self._tar: tarfile.TarFile | None = None
+        self._n = 0
+
+    def add(self, key: str, png: bytes, meta: dict) -> None:
+        if self._tar is None:
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            # closed in _close(), once shard_size samples are in (or at the end)
+            self._tar = tarfile.open(  # noqa: SIM115
+                self.folder / name, "w", format=tarfile.PAX_FORMAT, encoding="utf-8"
+            )
+            self.shards.append({"name": name})
+            self._n = 0
+        _add_member(self._tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+        _add_member(self._tar, f"{key}.png", png)
+        self._n += 1
+        if self._n >= self.shard_size:
+            self._close()
+
+    def _close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+            entry = self.shards[-1]
+            path = self.folder / entry["name"]
+            entry.update(samples=self._n, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+    def close(self) -> list[dict]:
+        self._close()
+        return self.shards
+
+
+def build_shards(
+    src: Path,
+    out: Path,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    min_size: int = DEFAULT_MIN_SIZE,
+    max_pixels: int = MAX_PIXELS,
+    progress: Progress | None = None,
+) -> dict:
+    """Write train/val shards of every usable image under ``src`` into ``out``; return the manifest.
+
+    Unusable files are skipped and listed under ``"rejected"`` in the manifest with their reason.
+    Raises :class:`DataError` for a missing source, bad parameters or when no image is usable.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder")
+    if shard_size < 1:
+        raise DataError(f"shard size must be >= 1, got {shard_size}")
+    split_of("x", val_fraction)  # validates the fraction
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        raise DataError(f"{out}: the shards folder must not be inside the source folder {src}")
+    files = [r.as_posix() for r in list_files(src)]
+    order = sorted(files, key=lambda r: (_path_digest(r), r))
+    by_split = {s: [r for r in order if split_of(r, val_fraction) == s] for s in SPLITS}
+    rejected: list[dict] = []
+    keys: dict[str, str] = {}
+    counts = dict.fromkeys(SPLITS, 0)
+    shards: dict[str, list[dict]] = {}
+    done = 0
+    with staging_dir(out) as tmp:
+        for split in SPLITS:
+            sink = _ShardSink(tmp, split, shard_size)
+            for rel in by_split[split]:
+                res, pixels = inspect_file(src / rel, rel, min_size=min_size, max_pixels=max_pixels)
+                key = sample_key(rel)
+                if pixels is not None and key in keys:
+                    res.status, res.reason = "rejected", f"sample key {key} already used by {keys[key]}"
+                if pixels is None or res.status == "rejected":
+                    rejected.append({"path": rel, "reason": res.reason})
+                else:
+                    keys[key] = rel
+                    if res.format == "PNG" and res.status == "ok":
+                        png = (src / rel).read_bytes()
+                    else:
+                        png = encode_png(pixels)
+                    sink.add(key, png, {"path": rel, "width": res.width, "height": res.height})
+                    counts[split] += 1
+                done += 1
+                if progress:
+                    progress(done, len(files))
+            shards[split] = sink.close()
+        if not keys:
+            raise DataError(f"{src}: no usable image among {len(files)} file(s); no shards written")
+        manifest = {
+            "format": FORMAT,
+            "created_by": f"pdc {__version__}",
+            "shard_size": shard_size,
+            "val_fraction": val_fraction,
+            "min_size": min_size,
+            "split_rule": "val iff int.from_bytes(sha256(relpath)[:8], 'big') % 1000 < round(val_fraction*1000)",
+            "source_hash": tree_hash(src),
+            "counts": {**counts, "rejected": len(rejected)},
+            "shards": shards,
+            "rejected": rejected,
+        }
+        write_file(tmp / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict:
+    """Load and check ``folder/manifest.json``."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no {MANIFEST} (not a shards folder; build one with `pdc data shards`)") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: unknown manifest format (expected {FORMAT})")
+    return manifest
+
+
+def verify_shards(folder: Path) -> list[str]:
+    """Names of shards whose SHA-256 does not match the manifest (or that are missing)."""
+    manifest = read_manifest(folder)
+    bad = []
+    for entries in manifest["shards"].values():
+        for e in entries:
+            p = Path(folder) / e["name"]
+            if not p.is_file() or sha256_file(p) != e["sha256"]:
+                bad.append(e["name"])
+    return bad
