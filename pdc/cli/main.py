@@ -10,7 +10,10 @@ import sys
 
 import typer
 
+from pdc.cli import data as data_cli
+from pdc.cli import codec as codec_cli
 from pdc.cli import metrics as metrics_cli
+from pdc.cli import train as train_cli
 from pdc.errors import PdcError
 
 app = typer.Typer(
@@ -21,7 +24,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(metrics_cli.app, name="metrics")
+app.add_typer(data_cli.app, name="data")
 app.command("weights")(metrics_cli.weights)
+app.command("compress")(codec_cli.compress)
+app.command("decompress")(codec_cli.decompress)
+app.command("eval")(codec_cli.evaluate)
+app.add_typer(train_cli.app, name="train")
 
 
 def main(argv: list[str] | None = None) -> None:

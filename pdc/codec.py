@@ -1,0 +1,131 @@
+"""CorrDiff compression and decompression of one image — the library API behind ``pdc compress``.
+
+Encoder (sees x0)::
+
+    x0 ─pad─▶ g_a ─▶ rANS(z, y) ─▶ ŷ (decoded back from the strings, exactly as the decoder will)
+              ŷ ─▶ x_b = g_s(ŷ), x_e = D_e(ŷ)
+              corrected DDIM from seed, choosing λ_k against x0 at every step  ─▶ levels ─▶ rANS(λ)
+              writes  header | z | y | λ | CRC   and returns the reconstruction it simulated
+
+Decoder: parse + verify ─▶ ŷ ─▶ the same sampler with the transmitted λ levels ─▶ the same image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from pdc.bitstream import MAX_PIXELS, Mode, Section, Stream, parse
+from pdc.errors import BitstreamError
+from pdc.imageio import uint8_to_tensor
+from pdc.models.codec import CODEC_MULTIPLE, decode_latent, encode_latent, latent_shape, pad_to_multiple
+from pdc.models.correction import decode_levels, encode_levels, uniform_tables
+from pdc.models.package import CorrDiffModel
+from pdc.models.sampler import correctable_steps, sample
+
+
+class Encoded(NamedTuple):
+    data: bytes  # the complete .pdc file
+    reconstruction: torch.Tensor  # (1, 3, H, W) in [0, 1]: what the decoder will output
+    levels: list[int]  # λ level per sampling step (empty in e2e mode)
+    lambda_star: list[float]  # unquantized least-squares λ* per corrected step
+    lambda_bytes: int  # size of the λ section payload
+
+
+def _multiple(model: CorrDiffModel) -> int:
+    m = model.diffusion.multiple
+    return CODEC_MULTIPLE * m // math.gcd(CODEC_MULTIPLE, m)
+
+
+def step_tables(model: CorrDiffModel, steps: int) -> torch.Tensor:
+    """Probability tables of the coded steps: fitted ones when K matches the fit, else uniform."""
+    coded = correctable_steps(model.config.correction, steps)
+    tables = model.tables if len(model.tables) == steps else uniform_tables(steps, model.config.correction.levels)
+    return tables[coded]
+
+
+def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        return uint8_to_tensor(image)
+    return image if image.dim() == 4 else image.unsqueeze(0)
+
+
+@torch.no_grad()
+def compress(
+    model: CorrDiffModel,
+    image: np.ndarray | torch.Tensor,
+    *,
+    mode: Mode = Mode.CORRDIFF,
+    steps: int | None = None,
+    seed: int = 0,
+    gamma: float | None = None,
+) -> Encoded:
+    """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1])."""
+    x = _as_tensor(image).float()
+    h, w = x.shape[-2:]
+    steps = model.config.diffusion.steps if steps is None else steps
+    if mode == Mode.E2E:
+        steps = 0
+    xp = pad_to_multiple(x, _multiple(model))
+    z_str, y_str = encode_latent(model.codec, xp)
+    y_hat = decode_latent(model.codec, z_str, y_str, latent_shape(xp.shape[-2], xp.shape[-1]))
+    sections = {Section.Z: z_str, Section.Y: y_str}
+    levels: list[int] = []
+    stars: list[float] = []
+    if mode == Mode.E2E:
+        recon = model.privileged(y_hat)
+    else:
+        x_base = model.codec.g_s(y_hat).clamp(0, 1)
+        dcfg = model.config.diffusion
+        common = dict(steps=steps, seed=seed, correction=model.config.correction, residual_scale=dcfg.residual_scale)
+        if mode == Mode.CORRDIFF:
+            x_e = model.privileged(y_hat)
+            res = sample(model.diffusion, model.scheduler, y_hat, x_base, x_e=x_e, target=xp, gamma=gamma, **common)
+            coded = correctable_steps(model.config.correction, steps)
+            sections[Section.LAMBDA] = encode_levels([res.levels[k] for k in coded], step_tables(model, steps))
+        else:
+            res = sample(model.diffusion, model.scheduler, y_hat, x_base, **common)
+        recon, levels, stars = res.image, res.levels, res.lambda_star
+    stream = Stream(mode, model.hash_bytes, w, h, seed, steps, sections)
+    lam = len(sections.get(Section.LAMBDA, b""))
+    return Encoded(stream.to_bytes(), recon[..., :h, :w].clamp(0, 1), levels, stars, lam)
+
+
+@torch.no_grad()
+def decompress(model: CorrDiffModel, data: bytes, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Decode a v1 stream written for ``model``; returns (1, 3, H, W) in [0, 1].
+
+    ``max_pixels`` bounds the work a stream can ask for (the format allows up to 64 MP); lower it when
+    decoding untrusted input on a small machine.
+    """
+    stream = parse(data, expect_model=model.hash_bytes)
+    if stream.width * stream.height > max_pixels:
+        raise BitstreamError(f"{stream.width}x{stream.height} exceeds the decoder's limit of {max_pixels} pixels")
+    m = _multiple(model)
+    hp, wp = -(-stream.height // m) * m, -(-stream.width // m) * m
+    try:
+        y_hat = decode_latent(model.codec, stream.sections[Section.Z], stream.sections[Section.Y], latent_shape(hp, wp))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise BitstreamError(f"latent sections cannot be decoded ({exc})") from None
+    if not torch.isfinite(y_hat).all() or y_hat.abs().max() > 1e5:
+        raise BitstreamError("latent decodes to implausible values (corrupted stream)")
+    if stream.mode == Mode.E2E:
+        recon = model.privileged(y_hat)
+    else:
+        x_base = model.codec.g_s(y_hat).clamp(0, 1)
+        dcfg = model.config.diffusion
+        levels = [0] * stream.steps
+        x_e = None
+        if stream.mode == Mode.CORRDIFF:
+            coded = correctable_steps(model.config.correction, stream.steps)
+            for k, q in zip(coded, decode_levels(stream.sections[Section.LAMBDA], step_tables(model, stream.steps))):
+                levels[k] = q
+            x_e = model.privileged(y_hat) if any(levels) else None
+        recon = sample(
+            model.diffusion, model.scheduler, y_hat, x_base, steps=stream.steps, seed=stream.seed,
+            correction=model.config.correction, residual_scale=dcfg.residual_scale, x_e=x_e, levels=levels,
+        ).image
+    return recon[..., : stream.height, : stream.width].clamp(0, 1)

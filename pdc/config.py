@@ -1,0 +1,159 @@
+"""The typed configuration schema: one place for every model size and training knob.
+
+A *profile* (``tiny`` for CPUs, ``paper`` for GPUs; see ``params.yaml``) is a :class:`Profile`: the
+model architecture (:class:`ModelConfig`, which is stored inside every model package) plus per-stage
+training settings.  Unknown keys and out-of-range values are refused with a :class:`ConfigError`
+that names the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pdc.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodecConfig(_Strict):
+    """CompressAI mean-scale hyperprior (Minnen et al. 2018 without context model)."""
+
+    N: int = Field(64, ge=8, le=512)
+    M: int = Field(96, ge=8, le=512)
+
+
+class DiffusionConfig(_Strict):
+    """Conditional denoiser ε_θ(x_t, t, c(ŷ)) — a diffusers ``UNet2DModel`` — and its DDIM sampler."""
+
+    block_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    norm_groups: int = Field(8, ge=1)
+    #: The UNet runs on pixel-unshuffled tensors (space-to-depth by this factor): 16× cheaper at 4.
+    unshuffle: int = Field(4, ge=1, le=8)
+    #: Channels of the learned projection of ŷ fed to the UNet beside the base reconstruction.
+    latent_channels: int = Field(8, ge=0)
+    train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    #: The diffusion models the residual x − g_s(ŷ), scaled by this factor (unit-variance-ish).
+    residual_scale: float = Field(4.0, gt=0)
+    #: Default number of DDIM steps K (trailing spacing); the bitstream records the value used.
+    steps: int = Field(6, ge=1, le=64)
+
+    @field_validator("block_channels")
+    @classmethod
+    def _channels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(v) <= 6 or any(c < 4 for c in v):
+            raise ValueError("block_channels needs 1–6 entries, each ≥ 4")
+        return v
+
+
+class PrivilegedConfig(_Strict):
+    """Privileged end-to-end decoder D_e: g_s (initialised from the codec) + a residual refiner."""
+
+    refine_channels: int = Field(32, ge=4)
+    refine_blocks: int = Field(2, ge=0, le=16)
+
+
+class CorrectionConfig(_Strict):
+    """Per-step correction weights λ_k: quantizer, entropy model and the distortion–perception knob."""
+
+    #: λ is quantized uniformly to this many levels on [0, 1] (level 0 = no correction).
+    levels: int = Field(16, ge=2, le=256)
+    #: How the DDIM update re-noises: keep the network's ε̂, or re-derive ε from the corrected x̃0.
+    eps_mode: Literal["network", "rederive"] = "rederive"
+    #: Strength γ ∈ [0, 1] scaling the encoder's least-squares λ* (1 = maximum fidelity).
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    #: Steps (counted from the first sampling step, 0-based) allowed to carry a λ; None = all.
+    correct_steps: tuple[int, ...] | None = None
+
+
+class ModelConfig(_Strict):
+    """Everything needed to rebuild the four networks; stored in the model package."""
+
+    codec: CodecConfig = CodecConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    privileged: PrivilegedConfig = PrivilegedConfig()
+    correction: CorrectionConfig = CorrectionConfig()
+
+
+class StageTrainConfig(_Strict):
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    crop: int = Field(128, ge=64)
+    lr: float = Field(1e-3, gt=0)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+
+
+class TrainConfig(_Strict):
+    codec: StageTrainConfig = StageTrainConfig()
+    diffusion: StageTrainConfig = StageTrainConfig()
+    privileged: StageTrainConfig = StageTrainConfig()
+    #: Images (crops) the correction stage simulates the encoder on to fit the λ statistics.
+    correction_images: int = Field(16, ge=1)
+    correction_crop: int = Field(128, ge=64)
+
+
+class Profile(_Strict):
+    """A complete, validated profile from ``params.yaml``."""
+
+    model: ModelConfig = ModelConfig()
+    #: Rate points: one codec per λ_rd (loss R + λ_rd · 255² · MSE).
+    rate_points: tuple[float, ...] = (0.0018, 0.0067)
+    train: TrainConfig = TrainConfig()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("rate_points")
+    @classmethod
+    def _rates(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(r <= 0 for r in v):
+            raise ValueError("rate_points needs at least one positive λ_rd")
+        return v
+
+
+def _explain(exc: ValidationError, where: str) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    return ConfigError(f"{where}: {key}: {first['msg']}")
+
+
+def parse_model_config(data: dict[str, Any], where: str = "model config") -> ModelConfig:
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, where) from None
+
+
+def parse_profile(data: dict[str, Any], where: str = "profile") -> Profile:
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, where) from None
+
+
+def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[str, Profile, dict[str, Any]]:
+    """Read ``params.yaml``: returns (profile name, validated profile, the raw document).
+
+    The file has a ``profile:`` key naming the active profile and a ``profiles:`` mapping; the rest of
+    the document (pipeline settings) is validated by its users.
+    """
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict) or "profiles" not in doc:
+        raise ConfigError(f"{p}: expected a mapping with a 'profiles:' section")
+    name = profile or doc.get("profile", "tiny")
+    profiles = doc["profiles"]
+    if name not in profiles:
+        raise ConfigError(f"{p}: unknown profile {name!r} (have: {', '.join(profiles)})")
+    return name, parse_profile(profiles[name] or {}, where=f"{p}: profiles.{name}"), doc

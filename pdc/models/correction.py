@@ -1,0 +1,91 @@
+"""Per-step correction weights: λ* at the encoder, a uniform quantizer, and their entropy code.
+
+At sampling step k the decoder has the diffusion estimate x̂0_k and the privileged reconstruction x_e.
+The encoder, which also knows the original x0, picks the weight that brings the corrected estimate
+x̃0_k = x̂0_k + λ (x_e − x̂0_k) closest to x0 in the least-squares sense::
+
+    λ*_k = clip(⟨x0 − x̂0_k, x_e − x̂0_k⟩ / ‖x_e − x̂0_k‖², 0, 1)
+
+then sends level q_k = round(γ · λ*_k · (L − 1)) ∈ {0, …, L−1}; the decoder uses λ_k = q_k / (L − 1).
+Levels are coded with CompressAI's rANS coder under per-step probability tables fitted on training
+images (:func:`fit_tables`), so a typical step costs one or two bits.
+"""
+
+from __future__ import annotations
+
+import torch
+from compressai._CXX import pmf_to_quantized_cdf
+from compressai.ans import RansDecoder, RansEncoder
+
+from pdc.errors import BitstreamError
+
+#: rANS precision (bits) of the quantized CDFs, as in CompressAI's entropy models.
+PRECISION = 16
+#: Probability mass reserved for out-of-range symbols (never used by a valid encoder).
+_TAIL = 1e-6
+
+
+def lambda_star(x0: torch.Tensor, x0_hat: torch.Tensor, x_e: torch.Tensor) -> float:
+    """Least-squares weight pulling ``x0_hat`` towards ``x_e`` to best approximate ``x0``, in [0, 1]."""
+    d = (x_e - x0_hat).double()
+    denom = float(d.pow(2).sum())
+    if denom <= 1e-12:
+        return 0.0
+    return min(1.0, max(0.0, float(((x0 - x0_hat).double() * d).sum()) / denom))
+
+
+def quantize(lam: float, levels: int) -> int:
+    return int(round(min(1.0, max(0.0, lam)) * (levels - 1)))
+
+
+def dequantize(level: int, levels: int) -> float:
+    return level / (levels - 1)
+
+
+def fit_tables(levels_per_step: list[list[int]], levels: int, smoothing: float = 0.5) -> torch.Tensor:
+    """Per-step pmfs (K, L) from observed levels, with additive smoothing so every level stays codable."""
+    k = len(levels_per_step)
+    counts = torch.full((k, levels), smoothing, dtype=torch.float64)
+    for step, observed in enumerate(levels_per_step):
+        for q in observed:
+            counts[step, q] += 1
+    return (counts / counts.sum(1, keepdim=True)).float()
+
+
+def uniform_tables(steps: int, levels: int) -> torch.Tensor:
+    return torch.full((steps, levels), 1.0 / levels)
+
+
+def _cdfs(tables: torch.Tensor) -> tuple[list[list[int]], list[int], list[int]]:
+    cdfs = []
+    for pmf in tables.double().tolist():
+        scaled = [p * (1 - _TAIL) for p in pmf] + [_TAIL]
+        cdfs.append(pmf_to_quantized_cdf(scaled, PRECISION))
+    return cdfs, [len(c) for c in cdfs], [0] * len(cdfs)
+
+
+def encode_levels(levels: list[int], tables: torch.Tensor) -> bytes:
+    """rANS-code one level per coded step (``levels[i]`` under ``tables[i]``)."""
+    if len(levels) != len(tables):
+        raise ValueError(f"{len(levels)} levels for {len(tables)} tables")
+    if not levels:
+        return b""
+    cdfs, lengths, offsets = _cdfs(tables)
+    return RansEncoder().encode_with_indexes(levels, list(range(len(levels))), cdfs, lengths, offsets)
+
+
+def decode_levels(data: bytes, tables: torch.Tensor) -> list[int]:
+    """Inverse of :func:`encode_levels`; refuses a string that decodes to impossible levels."""
+    if len(tables) == 0:
+        if data:
+            raise BitstreamError("λ section is not empty but no step carries a correction")
+        return []
+    if len(data) < 4:
+        raise BitstreamError(f"λ section too short ({len(data)} bytes)")
+    cdfs, lengths, offsets = _cdfs(tables)
+    padded = data + bytes(4 * len(tables) + 64)  # see pdc.models.codec.guard_padding
+    out = RansDecoder().decode_with_indexes(padded, list(range(len(tables))), cdfs, lengths, offsets)
+    n_levels = tables.shape[1]
+    if any(q < 0 or q >= n_levels for q in out):
+        raise BitstreamError("λ section decodes to out-of-range levels (corrupted stream)")
+    return list(out)

@@ -1,0 +1,174 @@
+"""The composite model package: the four networks, their config and the λ tables, with a content hash.
+
+On disk a package is one directory::
+
+    model.json    {"format": "pdc-model/1", "hash": …, "config": {…}, "tables_steps": K, "versions": {…}, …}
+    weights.pt    {"codec": state_dict, "diffusion": …, "privileged": …, "correction": {"tables": (K, L)}}
+
+``weights.pt`` holds tensors only and is loaded with ``torch.load(weights_only=True)``.  The hash is a
+SHA-256 over the canonical JSON of the config and every tensor (name, dtype, shape, bytes) in sorted
+order, so it identifies the model independently of how ``torch.save`` lays out the zip; its first 16
+bytes travel in every bitstream header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pdc import __version__
+from pdc.config import ModelConfig, parse_model_config
+from pdc.errors import ModelPackageError
+from pdc.models.codec import build_codec
+from pdc.models.correction import uniform_tables
+from pdc.models.diffusion import ConditionalDenoiser, build_scheduler
+from pdc.models.privileged import PrivilegedDecoder
+
+FORMAT = "pdc-model/1"
+PARTS = ("codec", "diffusion", "privileged")
+
+
+class CorrDiffModel(nn.Module):
+    """All four components of a CorrDiff codec, ready for :mod:`pdc.codec`."""
+
+    def __init__(self, config: ModelConfig, tables: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.codec = build_codec(config.codec)
+        self.diffusion = ConditionalDenoiser(config.diffusion, config.codec.M)
+        self.privileged = PrivilegedDecoder(config.privileged, self.codec.g_s)
+        self.scheduler = build_scheduler(config.diffusion)
+        steps = config.diffusion.steps
+        self.register_buffer("tables", tables if tables is not None else uniform_tables(steps, config.correction.levels))
+        self._hash: str | None = None
+
+    # -- identity -----------------------------------------------------------------------------------
+    def state_parts(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "codec": self.codec.state_dict(),
+            "diffusion": self.diffusion.state_dict(),
+            "privileged": self.privileged.state_dict(),
+            "correction": {"tables": self.tables},
+        }
+
+    def content_hash(self) -> str:
+        if self._hash is None:
+            self._hash = content_hash(self.config, self.state_parts())
+        return self._hash
+
+    def invalidate_hash(self) -> None:
+        self._hash = None
+
+    @property
+    def hash_bytes(self) -> bytes:
+        return bytes.fromhex(self.content_hash())[:16]
+
+
+def content_hash(config: ModelConfig, parts: dict[str, dict[str, torch.Tensor]]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    for part in sorted(parts):
+        for name in sorted(parts[part]):
+            t = parts[part][name].detach().cpu().contiguous()
+            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import compressai
+    import diffusers
+
+    return {
+        "pdc": __version__,
+        "torch": torch.__version__,
+        "compressai": compressai.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_package(model: CorrDiffModel, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> str:
+    """Write the package directory atomically (temp dir + rename); returns the content hash."""
+    model.codec.update(force=True)  # entropy-coder CDFs must be current before they are frozen
+    model.invalidate_hash()
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        torch.save(model.state_parts(), tmp / "weights.pt")
+        meta = {
+            "format": FORMAT,
+            "hash": model.content_hash(),
+            "config": model.config.model_dump(mode="json"),
+            "versions": _versions(),
+            **(extra or {}),
+        }
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta["hash"]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    meta_file = p / "model.json"
+    if not meta_file.is_file():
+        raise ModelPackageError(f"{p}: not a pdc model package (no model.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelPackageError(f"{meta_file}: invalid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelPackageError(f"{p}: unsupported package format {meta.get('format')!r} (expected {FORMAT})")
+    return meta
+
+
+def load_package(path: str | os.PathLike[str], *, verify: bool = True) -> CorrDiffModel:
+    """Load a package directory; with ``verify`` the recomputed content hash must match model.json."""
+    p = Path(path)
+    meta = read_metadata(p)
+    config = parse_model_config(meta["config"], where=f"{p}/model.json")
+    try:
+        parts = torch.load(p / "weights.pt", map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelPackageError(f"{p}: weights.pt is missing") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip or a refused pickle global
+        raise ModelPackageError(f"{p}/weights.pt: cannot be loaded safely ({exc})") from None
+    model = CorrDiffModel(config, tables=parts["correction"]["tables"])
+    try:
+        model.codec.load_state_dict(parts["codec"])
+        model.diffusion.load_state_dict(parts["diffusion"])
+        model.privileged.load_state_dict(parts["privileged"])
+    except (RuntimeError, KeyError) as exc:
+        raise ModelPackageError(f"{p}: weights do not match the config ({exc})") from None
+    model.eval()
+    if verify and model.content_hash() != meta["hash"]:
+        raise ModelPackageError(f"{p}: content hash mismatch (package modified or corrupted)")
+    return model
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> CorrDiffModel:
+    """A freshly initialised model (deterministic in ``seed``): the start of training, and tests."""
+    torch.manual_seed(seed)
+    model = CorrDiffModel(config)
+    model.codec.update(force=True)
+    return model.eval()

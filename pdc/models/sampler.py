@@ -1,0 +1,113 @@
+"""The corrected DDIM sampler: one loop, run identically by the encoder (simulation) and the decoder.
+
+All arithmetic happens in the diffusion's residual space r = s·(x − x_b) (see
+:mod:`pdc.models.diffusion`); λ is scale-invariant, so it is the same weight as in image space::
+
+    r_T ~ N(0, I) from the seed in the header
+    for k, t in enumerate(trailing timesteps t_K > … > t_1):
+        ε̂   = ε_θ(r_t, t | ŷ, x_b)
+        r̂0  = (r_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, clipped so that x_b + r̂0/s ∈ [0, 1]
+        λ_k  = encoder: quantize(γ · λ*(r0, r̂0, r_e));  decoder: from the bitstream
+        r̃0  = r̂0 + λ_k (r_e − r̂0)
+        ε̃   = ε̂ ("network")  or  (r_t − √ᾱ_t r̃0) / √(1−ᾱ_t) ("rederive")
+        r_t' = √ᾱ_t' r̃0 + √(1−ᾱ_t') ε̃
+    output x_b + r̃0/s of the last step
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from diffusers import DDIMScheduler
+
+from pdc.config import CorrectionConfig
+from pdc.models.correction import dequantize, lambda_star, quantize
+from pdc.models.diffusion import ConditionalDenoiser
+
+
+class SampleResult(NamedTuple):
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    levels: list[int]  # λ level used at each step (0 where uncorrected)
+    lambda_star: list[float]  # encoder's unquantized λ* per step (empty on the decoder)
+
+
+def correctable_steps(cfg: CorrectionConfig, steps: int) -> list[int]:
+    """Step indices (0 = first sampling step) that carry a λ in the bitstream."""
+    allowed = range(steps) if cfg.correct_steps is None else cfg.correct_steps
+    return [k for k in allowed if 0 <= k < steps]
+
+
+def timesteps(scheduler: DDIMScheduler, steps: int) -> list[tuple[int, float, float]]:
+    """(t, ᾱ_t, ᾱ_prev) for each sampling step, from the scheduler's own tables."""
+    scheduler.set_timesteps(steps)
+    ac = scheduler.alphas_cumprod
+    stride = scheduler.config.num_train_timesteps // steps
+    out = []
+    for t in scheduler.timesteps.tolist():
+        prev = t - stride
+        a_prev = float(ac[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
+        out.append((int(t), float(ac[t]), a_prev))
+    return out
+
+
+@torch.no_grad()
+def sample(
+    denoiser: ConditionalDenoiser,
+    scheduler: DDIMScheduler,
+    y_hat: torch.Tensor,
+    x_base: torch.Tensor,
+    *,
+    steps: int,
+    seed: int,
+    correction: CorrectionConfig,
+    residual_scale: float,
+    x_e: torch.Tensor | None = None,
+    levels: list[int] | None = None,
+    target: torch.Tensor | None = None,
+    gamma: float | None = None,
+) -> SampleResult:
+    """Run K corrected DDIM steps.
+
+    Encoder: pass ``target`` (the padded original) and ``x_e``; λ levels are chosen on the fly.
+    Decoder: pass ``levels`` (one per step) and ``x_e`` when any level is non-zero.
+    Plain diffusion: neither (all λ = 0).
+    """
+    s = residual_scale
+    n_levels = correction.levels
+    gamma = correction.gamma if gamma is None else gamma
+    allowed = set(correctable_steps(correction, steps))
+    if levels is not None and len(levels) != steps:
+        raise ValueError(f"need {steps} levels, got {len(levels)}")
+    needs_anchor = target is not None or (levels is not None and any(levels))
+    if needs_anchor and x_e is None:
+        raise ValueError("x_e is required when corrections are applied")
+    r_e = (x_e - x_base) * s if x_e is not None else None
+    r0 = (target - x_base) * s if target is not None else None
+    lo, hi = (0 - x_base) * s, (1 - x_base) * s
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    r_t = torch.randn(x_base.shape, generator=gen, dtype=torch.float32).to(x_base.device)
+    used: list[int] = []
+    stars: list[float] = []
+    r_tilde = r_t
+    for k, (t, a_t, a_prev) in enumerate(timesteps(scheduler, steps)):
+        eps = denoiser(r_t, t, y_hat, x_base)
+        r_hat = (r_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        r_hat = torch.maximum(torch.minimum(r_hat, hi), lo)
+        if target is not None and k in allowed:
+            star = lambda_star(r0, r_hat, r_e)
+            stars.append(star)
+            q = quantize(gamma * star, n_levels)
+        elif levels is not None:
+            q = levels[k]
+        else:
+            q = 0
+        used.append(q)
+        lam = dequantize(q, n_levels)
+        r_tilde = r_hat + lam * (r_e - r_hat) if q else r_hat
+        if correction.eps_mode == "rederive":
+            eps = (r_t - a_t**0.5 * r_tilde) / (1 - a_t) ** 0.5
+        r_t = a_prev**0.5 * r_tilde + (1 - a_prev) ** 0.5 * eps
+    image = (x_base + r_tilde / s).clamp(0, 1)
+    return SampleResult(image, used, stars)

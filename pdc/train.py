@@ -1,0 +1,300 @@
+"""The four training stages as plain functions: ``(model, data, config) -> model + metrics``.
+
+Each stage trains one part of a :class:`~pdc.models.package.CorrDiffModel` and leaves the others
+frozen, in the order of the design (codec → diffusion → privileged decoder → correction weighting).
+They take any iterator of (B, 3, crop, crop) batches in [0, 1] (see :mod:`pdc.data`), so the same
+function runs from the CLI, a DVC stage or a Prefect/Ray task.
+
+Resumability: every ``checkpoint_every`` steps the stage writes ``<workdir>/<stage>.ckpt.pt``
+atomically (module and optimizer states, step, loss history). Called again with the same workdir it
+continues from that step instead of starting over; a finished stage returns at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pdc.config import StageTrainConfig
+from pdc.metrics import psnr
+from pdc.models.codec import quantized_latent
+from pdc.models.correction import fit_tables
+from pdc.models.package import CorrDiffModel
+from pdc.models.sampler import correctable_steps, sample
+
+#: Optional metric sink ``log(name, value, step)``: MLflow, a progress bar, a test list…
+MetricLogger = Callable[[str, float, int], None]
+
+
+class StageResult(NamedTuple):
+    steps: int  # optimisation steps completed in total
+    resumed_from: int  # step the run started at (0 = fresh)
+    final_loss: float
+    metrics: dict[str, float]
+
+
+def _progress(total: int, start: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc, unit="step", disable=os.environ.get("PDC_NO_PROGRESS") == "1")
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run(
+    stage: str,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    step_fn: Callable[[torch.Tensor], dict[str, float]],
+    batches: Iterator[torch.Tensor],
+    cfg: StageTrainConfig,
+    workdir: Path | None,
+    log: MetricLogger | None,
+) -> StageResult:
+    """The shared loop: resume, step, log, checkpoint."""
+    ckpt = workdir / f"{stage}.ckpt.pt" if workdir is not None else None
+    start, history = 0, []
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optim"][name])
+        start, history = int(state["step"]), list(state["losses"])
+    resumed_from = start
+    torch.manual_seed(cfg.seed + start)
+    for m in modules.values():
+        m.train()
+    bar = _progress(cfg.steps, start, stage)
+    step, last = start, {}
+    for step in range(start + 1, cfg.steps + 1):
+        last = step_fn(next(batches))
+        history.append(last["loss"])
+        if log is not None:
+            for k, v in last.items():
+                log(f"{stage}/{k}", v, step)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+        bar.update(1)
+        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            _atomic_save(
+                {
+                    "step": step,
+                    "modules": {n: m.state_dict() for n, m in modules.items()},
+                    "optim": {n: o.state_dict() for n, o in optimizers.items()},
+                    "losses": history,
+                },
+                ckpt,
+            )
+    bar.close()
+    for m in modules.values():
+        m.eval()
+    final = float(sum(history[-20:]) / max(1, len(history[-20:]))) if history else math.nan
+    return StageResult(cfg.steps, resumed_from, final, {k: float(v) for k, v in last.items()})
+
+
+# ----------------------------------------------------------------------------------------------------
+def train_codec(
+    model: CorrDiffModel,
+    lmbda: float,
+    batches: Iterator[torch.Tensor],
+    cfg: StageTrainConfig,
+    workdir: Path | None = None,
+    log: MetricLogger | None = None,
+) -> StageResult:
+    """Stage 1: the hyperprior codec, loss = bpp + λ_rd · 255² · MSE, plus CompressAI's aux loss."""
+    codec = model.codec
+    main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
+    aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
+    opt = torch.optim.Adam(main_params, lr=cfg.lr)
+    aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+
+    def step(x: torch.Tensor) -> dict[str, float]:
+        out = codec(x)
+        n_px = x.shape[0] * x.shape[2] * x.shape[3]
+        rate = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / n_px
+        mse = F.mse_loss(out["x_hat"], x)
+        loss = rate + lmbda * 255**2 * mse
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
+        opt.step()
+        aux = codec.aux_loss()
+        aux_opt.zero_grad()
+        aux.backward()
+        aux_opt.step()
+        return {"loss": loss.item(), "bpp": rate.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+
+    result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, step, batches, cfg, workdir, log)
+    codec.update(force=True)
+    model.invalidate_hash()
+    return result
+
+
+def _frozen_latents(model: CorrDiffModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        y_hat = quantized_latent(model.codec, x)
+        return y_hat, model.codec.g_s(y_hat).clamp(0, 1)
+
+
+def train_diffusion(
+    model: CorrDiffModel,
+    batches: Iterator[torch.Tensor],
+    cfg: StageTrainConfig,
+    workdir: Path | None = None,
+    log: MetricLogger | None = None,
+) -> StageResult:
+    """Stage 2: ε-prediction on the residual r = s·(x − g_s(ŷ)), codec frozen."""
+    model.codec.eval().requires_grad_(False)
+    net = model.diffusion
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    ac = model.scheduler.alphas_cumprod
+    s = model.config.diffusion.residual_scale
+    n_t = model.config.diffusion.train_timesteps
+
+    def step(x: torch.Tensor) -> dict[str, float]:
+        y_hat, x_base = _frozen_latents(model, x)
+        r0 = (x - x_base) * s
+        t = torch.randint(0, n_t, (x.shape[0],))
+        a = ac[t].view(-1, 1, 1, 1).to(x.dtype)
+        noise = torch.randn_like(r0)
+        r_t = a.sqrt() * r0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(net(r_t, t, y_hat, x_base), noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item()}
+
+    result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log)
+    model.codec.requires_grad_(True)
+    model.invalidate_hash()
+    return result
+
+
+def train_privileged_decoder(
+    model: CorrDiffModel,
+    batches: Iterator[torch.Tensor],
+    cfg: StageTrainConfig,
+    workdir: Path | None = None,
+    log: MetricLogger | None = None,
+) -> StageResult:
+    """Stage 3: D_e on frozen ŷ for MSE, starting from the trained g_s (a fresh run copies it in)."""
+    model.codec.eval().requires_grad_(False)
+    de = model.privileged
+    ckpt = workdir / "privileged.ckpt.pt" if workdir is not None else None
+    if ckpt is None or not ckpt.is_file():
+        de.g_s.load_state_dict(model.codec.g_s.state_dict())
+    opt = torch.optim.Adam(de.parameters(), lr=cfg.lr)
+
+    def step(x: torch.Tensor) -> dict[str, float]:
+        y_hat, _ = _frozen_latents(model, x)
+        mse = F.mse_loss(de(y_hat), x)
+        opt.zero_grad()
+        mse.backward()
+        opt.step()
+        return {"loss": mse.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+
+    result = _run("privileged", {"privileged": de}, {"main": opt}, step, batches, cfg, workdir, log)
+    model.codec.requires_grad_(True)
+    model.invalidate_hash()
+    return result
+
+
+class CorrectionFit(NamedTuple):
+    tables: torch.Tensor  # (K, L) per-step pmfs
+    eps_mode: str  # the ε̃ variant with the better measured PSNR
+    report: dict[str, float]  # measured PSNR per mode, mean λ* per step, bits, gain per bit
+
+
+def fit_correction(
+    model: CorrDiffModel,
+    images: list[torch.Tensor],
+    *,
+    seed: int = 0,
+    log: MetricLogger | None = None,
+) -> CorrectionFit:
+    """Stage 4: simulate the encoder on ``images``, fit the λ tables, choose ε̃ by measured PSNR.
+
+    For each ε̃ variant ("network", "rederive") the encoder simulation runs on every image; the λ levels
+    it picks are counted per step into the rANS tables. The variant with the higher mean PSNR wins
+    (both cost the same bits under the fitted tables). The report also gives the diffusion-only PSNR,
+    the λ bits per image under the fitted tables and the PSNR gain per λ bit.
+    """
+    from pdc.models.correction import encode_levels
+
+    dcfg, ccfg = model.config.diffusion, model.config.correction
+    k = dcfg.steps
+    coded = correctable_steps(ccfg, k)
+    report: dict[str, float] = {}
+    fits: dict[str, tuple[float, list[list[int]], list[list[float]]]] = {}
+    with torch.no_grad():
+        prepared = []
+        for x in images:
+            x = x if x.dim() == 4 else x.unsqueeze(0)
+            y_hat, x_base = _frozen_latents(model, x)
+            prepared.append((x, y_hat, x_base, model.privileged(y_hat)))
+        plain = [
+            psnr(sample(model.diffusion, model.scheduler, y, xb, steps=k, seed=seed + i, correction=ccfg,
+                        residual_scale=dcfg.residual_scale).image, x)
+            for i, (x, y, xb, _) in enumerate(prepared)
+        ]
+        report["psnr_diffusion"] = sum(plain) / len(plain)
+        report["psnr_e2e"] = sum(psnr(xe, x) for x, _, _, xe in prepared) / len(prepared)
+        for mode in ("network", "rederive"):
+            cc = ccfg.model_copy(update={"eps_mode": mode})
+            per_step: list[list[int]] = [[] for _ in coded]
+            stars: list[list[float]] = [[] for _ in coded]
+            scores = []
+            for i, (x, y, xb, xe) in enumerate(prepared):
+                res = sample(model.diffusion, model.scheduler, y, xb, steps=k, seed=seed + i, correction=cc,
+                             residual_scale=dcfg.residual_scale, x_e=xe, target=x)
+                scores.append(psnr(res.image, x))
+                for j, step_k in enumerate(coded):
+                    per_step[j].append(res.levels[step_k])
+                    stars[j].append(res.lambda_star[j])
+            fits[mode] = (sum(scores) / len(scores), per_step, stars)
+            report[f"psnr_corrdiff_{mode}"] = fits[mode][0]
+    best = max(fits, key=lambda m: fits[m][0])
+    _, per_step, stars = fits[best]
+    coded_tables = fit_tables(per_step, ccfg.levels)
+    tables = torch.full((k, ccfg.levels), 1.0 / ccfg.levels)
+    tables[coded] = coded_tables
+    bits = [8 * len(encode_levels([per_step[j][i] for j in range(len(coded))], coded_tables)) for i in range(len(images))]
+    report["lambda_bits_per_image"] = sum(bits) / len(bits)
+    report["psnr_gain_per_lambda_bit"] = (fits[best][0] - report["psnr_diffusion"]) / max(report["lambda_bits_per_image"], 1)
+    for j, step_k in enumerate(coded):
+        report[f"lambda_star_mean_step{step_k}"] = sum(stars[j]) / len(stars[j])
+    if log is not None:
+        for name, value in report.items():
+            log(f"correction/{name}", value, 0)
+    return CorrectionFit(tables, best, report)
+
+
+def apply_correction_fit(model: CorrDiffModel, fit: CorrectionFit) -> CorrDiffModel:
+    """A new model with the fitted tables and ε̃ variant (the config change changes the hash)."""
+    cfg = model.config.model_copy(
+        update={"correction": model.config.correction.model_copy(update={"eps_mode": fit.eps_mode})}
+    )
+    new = CorrDiffModel(cfg, tables=fit.tables)
+    for part in ("codec", "diffusion", "privileged"):
+        getattr(new, part).load_state_dict(getattr(model, part).state_dict())
+    new.codec.update(force=True)
+    return new.eval()

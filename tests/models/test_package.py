@@ -1,0 +1,51 @@
+"""Model packages: content hash, safe loading, tamper detection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pdc.errors import ModelPackageError
+from pdc.models.package import load_package, save_package
+
+
+def test_save_load_round_trip(micro_model, tmp_path):
+    digest = save_package(micro_model, tmp_path / "m")
+    assert (tmp_path / "m" / "weights.pt").is_file()
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["hash"] == digest and meta["versions"]["torch"] == torch.__version__
+    loaded = load_package(tmp_path / "m")
+    assert loaded.content_hash() == digest
+    assert not list(tmp_path.glob(".m.*"))  # no temp dirs left behind
+
+
+def test_hash_is_stable_across_saves(micro_model, tmp_path):
+    assert save_package(micro_model, tmp_path / "a") == save_package(micro_model, tmp_path / "b")
+
+
+def test_modified_weights_are_detected(micro_model, tmp_path):
+    save_package(micro_model, tmp_path / "m")
+    parts = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    parts["diffusion"]["latent_proj.bias"] += 1
+    torch.save(parts, tmp_path / "m" / "weights.pt")
+    with pytest.raises(ModelPackageError, match="hash mismatch"):
+        load_package(tmp_path / "m")
+
+
+def test_pickled_code_is_refused(tmp_path, micro_model):
+    save_package(micro_model, tmp_path / "m")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"codec": Evil()}, tmp_path / "m" / "weights.pt")
+    with pytest.raises(ModelPackageError, match="cannot be loaded safely"):
+        load_package(tmp_path / "m")
+
+
+def test_missing_package(tmp_path):
+    with pytest.raises(ModelPackageError, match="no model.json"):
+        load_package(tmp_path)
