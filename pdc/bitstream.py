@@ -5,13 +5,13 @@ All integers are big-endian. A file is a fixed 48-byte header, a list of section
     offset  size  field
     0       4     magic            b"PDC\\x89"  (the \\x89 byte catches 7-bit/text transfers)
     4       1     format version   1
-    5       1     mode             0 = e2e, 1 = diffusion (all λ = 0), 2 = corrdiff
+    5       1     mode             0 = e2e, 1 = diffusion (all λ = 0), 2 = corrdiff, 3 = codec (g_s only)
     6       2     flags            0 (reserved; a reader refuses unknown bits)
     8       16    model id         first 16 bytes of the model package's SHA-256 content hash
     24      4     width            original image width in pixels  (1 … 16384)
     28      4     height           original image height in pixels (1 … 16384)
     32      8     seed             seed of the initial diffusion noise x_T
-    40      1     steps K          DDIM steps the encoder simulated (1 … 64; 0 in e2e mode)
+    40      1     steps K          DDIM steps the encoder simulated (1 … 64; 0 in e2e and codec modes)
     41      1     section count    n (1 … 8)
     42      6     reserved         zero
     48      …     n sections       each: type (1 byte) | length (4 bytes) | payload
@@ -50,13 +50,18 @@ class Mode(enum.IntEnum):
     E2E = 0
     DIFFUSION = 1
     CORRDIFF = 2
+    CODEC = 3  # the hyperprior's own synthesis g_s: the MSE baseline the other decoders start from
+
+    @property
+    def uses_diffusion(self) -> bool:
+        return self in (Mode.DIFFUSION, Mode.CORRDIFF)
 
     @classmethod
     def parse(cls, name: str) -> Mode:
         try:
             return cls[name.upper()]
         except KeyError:
-            raise ValueError(f"unknown mode {name!r} (use corrdiff, diffusion or e2e)") from None
+            raise ValueError(f"unknown mode {name!r} (use corrdiff, diffusion, e2e or codec)") from None
 
 
 class Section(enum.IntEnum):
@@ -95,9 +100,9 @@ class Stream:
 def _check_fields(mode: int, width: int, height: int, steps: int, model_id: bytes) -> None:
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE) or width * height > MAX_PIXELS:
         raise BitstreamError(f"implausible image size {width}x{height} (limit {MAX_SIDE} per side, {MAX_PIXELS} px)")
-    if mode == Mode.E2E:
+    if mode in (Mode.E2E, Mode.CODEC):
         if steps != 0:
-            raise BitstreamError(f"e2e stream with {steps} diffusion steps")
+            raise BitstreamError(f"{Mode(mode).name.lower()} stream with {steps} diffusion steps")
     elif not 1 <= steps <= MAX_STEPS:
         raise BitstreamError(f"invalid step count {steps} (1 … {MAX_STEPS})")
     if len(model_id) != 16:

@@ -67,7 +67,7 @@ def compress(
     x = _as_tensor(image).float()
     h, w = x.shape[-2:]
     steps = model.config.diffusion.steps if steps is None else steps
-    if mode == Mode.E2E:
+    if not mode.uses_diffusion:
         steps = 0
     xp = pad_to_multiple(x, _multiple(model))
     z_str, y_str = encode_latent(model.codec, xp)
@@ -77,6 +77,8 @@ def compress(
     stars: list[float] = []
     if mode == Mode.E2E:
         recon = model.privileged(y_hat)
+    elif mode == Mode.CODEC:
+        recon = model.codec.g_s(y_hat).clamp(0, 1)
     else:
         x_base = model.codec.g_s(y_hat).clamp(0, 1)
         dcfg = model.config.diffusion
@@ -114,6 +116,8 @@ def decompress(model: CorrDiffModel, data: bytes, *, max_pixels: int = MAX_PIXEL
         raise BitstreamError("latent decodes to implausible values (corrupted stream)")
     if stream.mode == Mode.E2E:
         recon = model.privileged(y_hat)
+    elif stream.mode == Mode.CODEC:
+        recon = model.codec.g_s(y_hat).clamp(0, 1)
     else:
         x_base = model.codec.g_s(y_hat).clamp(0, 1)
         dcfg = model.config.diffusion

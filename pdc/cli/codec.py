@@ -15,7 +15,7 @@ ModelOpt = Annotated[
     str,
     typer.Option("--model", "-m", help="Model package directory, or an MLflow URI such as models:/corrdiff@champion."),
 ]
-ModeOpt = Annotated[str, typer.Option(help="corrdiff (default), diffusion (all λ = 0) or e2e (privileged decoder).")]
+ModeOpt = Annotated[str, typer.Option(help="corrdiff (default), diffusion (all λ = 0), e2e (privileged decoder) or codec (g_s only).")]
 StepsOpt = Annotated[int | None, typer.Option(help="DDIM steps K (default: the model's).", min=1, max=64)]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the initial noise (stored in the stream).", min=0)]
 GammaOpt = Annotated[
@@ -26,20 +26,26 @@ GammaOpt = Annotated[
 MAX_STREAM_BYTES = 256 * 1024 * 1024
 
 
-def load_model(spec: str):
-    """A model package from a directory or an MLflow ``models:/`` URI."""
-    from pdc.models.package import load_package
+RateOpt = Annotated[int, typer.Option(help="Rate point to use when --model is a model set (0 = lowest λ_rd).", min=0)]
 
+
+def model_path(spec: str) -> Path:
+    """A local directory for a model spec: a path, or an MLflow ``models:/name@alias`` URI."""
     if spec.startswith("models:/"):
-        try:
-            from pdc.tracking import download_registered_model
-        except ImportError as exc:  # pragma: no cover - mlflow is a pinned dependency
-            raise ModelPackageError(f"cannot resolve {spec}: {exc}") from None
-        return load_package(download_registered_model(spec))
+        from pdc.tracking import download_registered_model  # the only place the CLI touches MLflow
+
+        return download_registered_model(spec)
     path = Path(spec)
     if not path.exists():
         raise ModelPackageError(f"{path}: no such model package")
-    return load_package(path)
+    return path
+
+
+def load_model(spec: str, rate: int = 0):
+    """One rate point of a model package or model set, from a path or an MLflow URI."""
+    from pdc.models.package import load_rate_point
+
+    return load_rate_point(model_path(spec), rate)
 
 
 def _mode(name: str):
@@ -59,6 +65,7 @@ def compress(
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
     gamma: GammaOpt = None,
+    rate: RateOpt = 0,
     recon: Annotated[Path | None, typer.Option(help="Also write the reconstruction the decoder will produce.")] = None,
 ) -> None:
     """Compress one image into a versioned .pdc stream."""
@@ -67,7 +74,7 @@ def compress(
     from pdc.metrics import bpp
 
     img = read_image(image)
-    enc = run(load_model(model), img, mode=_mode(mode), steps=steps, seed=seed, gamma=gamma)
+    enc = run(load_model(model, rate), img, mode=_mode(mode), steps=steps, seed=seed, gamma=gamma)
     atomic_write_bytes(output, enc.data)
     if recon is not None:
         write_image(recon, enc.reconstruction)
@@ -79,6 +86,7 @@ def decompress(
     stream: Annotated[Path, typer.Argument(help="A .pdc file written by `pdc compress`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output PNG.")],
     model: ModelOpt,
+    rate: RateOpt = 0,
 ) -> None:
     """Decode a .pdc stream to PNG (the model must be the one that wrote it)."""
     from pdc.codec import decompress as run
@@ -90,7 +98,7 @@ def decompress(
     if size > MAX_STREAM_BYTES:
         raise BitstreamError(f"{stream}: {size} bytes is larger than any valid stream")
     try:
-        image = run(load_model(model), stream.read_bytes())
+        image = run(load_model(model, rate), stream.read_bytes())
     except BitstreamError as exc:
         raise BitstreamError(f"{stream}: {exc}") from None
     write_image(output, image)
@@ -113,6 +121,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the full results as JSON here.")] = None,
     lpips: Annotated[bool, typer.Option(help="Compute LPIPS-alex.")] = True,
+    rate: RateOpt = 0,
 ) -> None:
     """Per-image and mean bpp, PSNR, MS-SSIM, LPIPS of each mode on a folder; a table and JSON."""
     from rich.console import Console
@@ -126,7 +135,7 @@ def evaluate(
     paths = list_images(images)[:limit]
     if not paths:
         raise PdcError(f"{images}: no images found")
-    net = load_model(model)
+    net = load_model(model, rate)
     from tqdm.auto import tqdm
 
     mode_list = [_mode(m.strip()) for m in modes.split(",") if m.strip()]

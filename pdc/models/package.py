@@ -172,3 +172,57 @@ def init_model(config: ModelConfig, seed: int = 0) -> CorrDiffModel:
     model = CorrDiffModel(config)
     model.codec.update(force=True)
     return model.eval()
+
+
+# -- model sets: one package per rate point ---------------------------------------------------------
+SET_FORMAT = "pdc-model-set/1"
+
+
+def write_model_set(dest: str | os.PathLike[str], packages: list[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Gather rate-point packages into one directory (what the pipeline registers in MLflow).
+
+    Layout: ``index.json`` (rate points, bpp-ordered names, hashes) and one package per rate point
+    (``r0/``, ``r1/``, …). Written atomically like a package.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        entries = []
+        for i, src in enumerate(packages):
+            meta = read_metadata(src)
+            shutil.copytree(src, tmp / f"r{i}")
+            entries.append({"name": f"r{i}", "hash": meta["hash"], "rate_point": meta.get("rate_point")})
+        index = {"format": SET_FORMAT, "packages": entries}
+        (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
+
+
+def rate_packages(path: str | os.PathLike[str]) -> list[Path]:
+    """The package directories behind ``path``: itself if it is a package, its members if it is a set."""
+    p = Path(path)
+    index_file = p / "index.json"
+    if index_file.is_file():
+        try:
+            index = json.loads(index_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelPackageError(f"{index_file}: invalid JSON ({exc})") from None
+        if index.get("format") != SET_FORMAT or not index.get("packages"):
+            raise ModelPackageError(f"{p}: not a pdc model set")
+        return [p / e["name"] for e in index["packages"]]
+    read_metadata(p)  # raises a clear error if this is not a package either
+    return [p]
+
+
+def load_rate_point(path: str | os.PathLike[str], rate: int = 0) -> CorrDiffModel:
+    """Load one rate point of a package or model set (``rate`` indexes the set)."""
+    members = rate_packages(path)
+    if not 0 <= rate < len(members):
+        raise ModelPackageError(f"{path}: rate index {rate} out of range (the set has {len(members)} rate points)")
+    return load_package(members[rate])

@@ -43,6 +43,7 @@ def test_modes_share_one_layout(micro_model, photo):
     for m, s in streams.items():
         assert s.sections[Section.Z] == z and s.sections[Section.Y] == y, m
         assert (Section.LAMBDA in s.sections) == (m == Mode.CORRDIFF)
+        assert s.steps == (micro_model.config.diffusion.steps if m.uses_diffusion else 0)
     assert streams[Mode.DIFFUSION].steps == streams[Mode.CORRDIFF].steps == micro_model.config.diffusion.steps
 
 
