@@ -101,20 +101,68 @@ class TrainConfig(_Strict):
 
 
 class Profile(_Strict):
-    """A complete, validated profile from ``params.yaml``."""
+    """A model size and its training schedule (``profiles.<name>`` in ``params.yaml``)."""
 
     model: ModelConfig = ModelConfig()
-    #: Rate points: one codec per λ_rd (loss R + λ_rd · 255² · MSE).
-    rate_points: tuple[float, ...] = (0.0018, 0.0067)
     train: TrainConfig = TrainConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+
+class EvalConfig(_Strict):
+    """What the pipeline's evaluate stage measures (validation for the promotion rule)."""
+
+    images: str = "data/raw/default"
+    fid_images: str | None = None
+    crop: int | None = Field(256, ge=64)
+    limit: int | None = Field(None, ge=1)
+    gammas: tuple[float, ...] = (0.5, 1.0)
+
+
+class PromotionConfig(_Strict):
+    """The rule that moves the registry's ``champion`` alias (see :mod:`pdc.promotion`)."""
+
+    #: The new version must need fewer bits for the same LPIPS (BD-rate on LPIPS below this, in %).
+    max_bd_rate_lpips: float = 0.0
+    #: …and may not lose more than this much mean CorrDiff PSNR against the champion.
+    max_psnr_drop_db: float = Field(0.5, ge=0)
+
+
+class PipelineConfig(_Strict):
+    data: str = "data/raw"
+    shards: str = "data/shards"
+    shard_size: int = Field(16, ge=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    experiment: str = "corrdiff"
+    registered_model: str = "corrdiff"
+    #: Cron schedule of the Prefect retraining deployment (``python -m flows.schedule``).
+    retrain_cron: str = "0 3 * * 1"
+    evaluate: EvalConfig = EvalConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+
+class Params(_Strict):
+    """The whole ``params.yaml``."""
+
+    profile: str = "tiny"
+    #: Named rate points: one codec per λ_rd (loss R + λ_rd · 255² · MSE), e.g. {r0: 0.0018}.
+    rate_points: dict[str, float]
+    pipeline: PipelineConfig = PipelineConfig()
+    profiles: dict[str, Profile]
+
     @field_validator("rate_points")
     @classmethod
-    def _rates(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not v or any(r <= 0 for r in v):
-            raise ValueError("rate_points needs at least one positive λ_rd")
+    def _rates(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(r <= 0 for r in v.values()):
+            raise ValueError("needs at least one positive λ_rd")
         return v
+
+    @property
+    def active(self) -> Profile:
+        return self.profiles[self.profile]
+
+    def rate_names(self) -> list[str]:
+        """Rate point names ordered by λ_rd (low rate first)."""
+        return sorted(self.rate_points, key=self.rate_points.__getitem__)
 
 
 def _explain(exc: ValidationError, where: str) -> ConfigError:
@@ -137,12 +185,8 @@ def parse_profile(data: dict[str, Any], where: str = "profile") -> Profile:
         raise _explain(exc, where) from None
 
 
-def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> tuple[str, Profile, dict[str, Any]]:
-    """Read ``params.yaml``: returns (profile name, validated profile, the raw document).
-
-    The file has a ``profile:`` key naming the active profile and a ``profiles:`` mapping; the rest of
-    the document (pipeline settings) is validated by its users.
-    """
+def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
+    """Read and validate ``params.yaml``; ``profile`` overrides its ``profile:`` key."""
     p = Path(path)
     try:
         doc = yaml.safe_load(p.read_text()) or {}
@@ -150,10 +194,14 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
         raise ConfigError(f"{p}: no such file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({exc})") from None
-    if not isinstance(doc, dict) or "profiles" not in doc:
-        raise ConfigError(f"{p}: expected a mapping with a 'profiles:' section")
-    name = profile or doc.get("profile", "tiny")
-    profiles = doc["profiles"]
-    if name not in profiles:
-        raise ConfigError(f"{p}: unknown profile {name!r} (have: {', '.join(profiles)})")
-    return name, parse_profile(profiles[name] or {}, where=f"{p}: profiles.{name}"), doc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    if profile is not None:
+        doc["profile"] = profile
+    try:
+        params = Params.model_validate(doc)
+    except ValidationError as exc:
+        raise _explain(exc, str(p)) from None
+    if params.profile not in params.profiles:
+        raise ConfigError(f"{p}: unknown profile {params.profile!r} (have: {', '.join(params.profiles)})")
+    return params

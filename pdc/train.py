@@ -6,8 +6,9 @@ They take any iterator of (B, 3, crop, crop) batches in [0, 1] (see :mod:`pdc.da
 function runs from the CLI, a DVC stage or a Prefect/Ray task.
 
 Resumability: every ``checkpoint_every`` steps the stage writes ``<workdir>/<stage>.ckpt.pt``
-atomically (module and optimizer states, step, loss history). Called again with the same workdir it
-continues from that step instead of starting over; a finished stage returns at once.
+atomically (module and optimizer states, step, loss history, and a fingerprint of the run's
+configuration). Called again with the same workdir and configuration it continues from that step
+instead of starting over; a checkpoint of a different configuration is ignored (training restarts).
 """
 
 from __future__ import annotations
@@ -39,12 +40,27 @@ class StageResult(NamedTuple):
     resumed_from: int  # step the run started at (0 = fresh)
     final_loss: float
     metrics: dict[str, float]
+    history: list[float]  # loss per step, from step 1 (including steps before a resume)
 
 
 def _progress(total: int, start: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=desc, unit="step", disable=os.environ.get("PDC_NO_PROGRESS") == "1")
+
+
+def _fingerprint(*parts: object) -> str:
+    """Identity of a training run: a checkpoint is resumed only by a run with the same one."""
+    import hashlib
+
+    text = "|".join(p.model_dump_json() if hasattr(p, "model_dump_json") else repr(p) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _part_hash(module: nn.Module) -> str:
+    from pdc.models.package import state_digest
+
+    return state_digest(module.state_dict())[:16]
 
 
 def _atomic_save(obj: object, path: Path) -> None:
@@ -68,12 +84,13 @@ def _run(
     cfg: StageTrainConfig,
     workdir: Path | None,
     log: MetricLogger | None,
+    fingerprint: str = "",
 ) -> StageResult:
     """The shared loop: resume, step, log, checkpoint."""
     ckpt = workdir / f"{stage}.ckpt.pt" if workdir is not None else None
     start, history = 0, []
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt is not None and ckpt.is_file() else None
+    if state is not None and state.get("fingerprint") == fingerprint:
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
         for name, opt in optimizers.items():
@@ -84,9 +101,10 @@ def _run(
     for m in modules.values():
         m.train()
     bar = _progress(cfg.steps, start, stage)
+    device = next(next(iter(modules.values())).parameters()).device
     step, last = start, {}
     for step in range(start + 1, cfg.steps + 1):
-        last = step_fn(next(batches))
+        last = step_fn(next(batches).to(device, non_blocking=True))
         history.append(last["loss"])
         if log is not None:
             for k, v in last.items():
@@ -100,6 +118,7 @@ def _run(
                     "modules": {n: m.state_dict() for n, m in modules.items()},
                     "optim": {n: o.state_dict() for n, o in optimizers.items()},
                     "losses": history,
+                    "fingerprint": fingerprint,
                 },
                 ckpt,
             )
@@ -107,7 +126,7 @@ def _run(
     for m in modules.values():
         m.eval()
     final = float(sum(history[-20:]) / max(1, len(history[-20:]))) if history else math.nan
-    return StageResult(cfg.steps, resumed_from, final, {k: float(v) for k, v in last.items()})
+    return StageResult(cfg.steps, resumed_from, final, {k: float(v) for k, v in last.items()}, history)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,7 +161,8 @@ def train_codec(
         aux_opt.step()
         return {"loss": loss.item(), "bpp": rate.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
 
-    result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, step, batches, cfg, workdir, log)
+    fp = _fingerprint(model.config.codec, cfg, lmbda)
+    result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, step, batches, cfg, workdir, log, fp)
     codec.update(force=True)
     model.invalidate_hash()
     return result
@@ -172,8 +192,8 @@ def train_diffusion(
     def step(x: torch.Tensor) -> dict[str, float]:
         y_hat, x_base = _frozen_latents(model, x)
         r0 = (x - x_base) * s
-        t = torch.randint(0, n_t, (x.shape[0],))
-        a = ac[t].view(-1, 1, 1, 1).to(x.dtype)
+        t = torch.randint(0, n_t, (x.shape[0],), device=x.device)
+        a = ac.to(x.device)[t].view(-1, 1, 1, 1).to(x.dtype)
         noise = torch.randn_like(r0)
         r_t = a.sqrt() * r0 + (1 - a).sqrt() * noise
         loss = F.mse_loss(net(r_t, t, y_hat, x_base), noise)
@@ -183,7 +203,8 @@ def train_diffusion(
         opt.step()
         return {"loss": loss.item()}
 
-    result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log)
+    fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec))
+    result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log, fp)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
@@ -199,9 +220,7 @@ def train_privileged_decoder(
     """Stage 3: D_e on frozen ŷ for MSE, starting from the trained g_s (a fresh run copies it in)."""
     model.codec.eval().requires_grad_(False)
     de = model.privileged
-    ckpt = workdir / "privileged.ckpt.pt" if workdir is not None else None
-    if ckpt is None or not ckpt.is_file():
-        de.g_s.load_state_dict(model.codec.g_s.state_dict())
+    de.g_s.load_state_dict(model.codec.g_s.state_dict())  # a resumed run then loads its own state
     opt = torch.optim.Adam(de.parameters(), lr=cfg.lr)
 
     def step(x: torch.Tensor) -> dict[str, float]:
@@ -212,7 +231,8 @@ def train_privileged_decoder(
         opt.step()
         return {"loss": mse.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
 
-    result = _run("privileged", {"privileged": de}, {"main": opt}, step, batches, cfg, workdir, log)
+    fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec))
+    result = _run("privileged", {"privileged": de}, {"main": opt}, step, batches, cfg, workdir, log, fp)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
@@ -247,8 +267,9 @@ def fit_correction(
     fits: dict[str, tuple[float, list[list[int]], list[list[float]]]] = {}
     with torch.no_grad():
         prepared = []
+        device = next(model.parameters()).device
         for x in images:
-            x = x if x.dim() == 4 else x.unsqueeze(0)
+            x = (x if x.dim() == 4 else x.unsqueeze(0)).to(device)
             y_hat, x_base = _frozen_latents(model, x)
             prepared.append((x, y_hat, x_base, model.privileged(y_hat)))
         plain = [

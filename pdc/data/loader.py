@@ -79,6 +79,11 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+#: Random crops taken from each decoded image before the next is decoded: decoding a large PNG costs far
+#: more than cropping it, and the shuffle buffer mixes the crops across images.
+CROPS_PER_IMAGE = 4
+
+
 class _Batches:
     """Shared tail of both pipelines: a shuffle buffer of crops, then batches."""
 
@@ -110,7 +115,9 @@ class _FolderCrops(IterableDataset, _Batches):
         mine = self.files[wid::nw]
         while True:
             for i in rng.permutation(len(mine)):
-                yield random_crop_flip(read_image(mine[i]), self.crop, rng)
+                image = read_image(mine[i])
+                for _ in range(CROPS_PER_IMAGE):
+                    yield random_crop_flip(image, self.crop, rng)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         wid, nw = _worker()
@@ -131,7 +138,11 @@ class _ShardCrops(IterableDataset, _Batches):
         rng = np.random.default_rng([self.seed, wid, 0x5EED])
         shards = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True)
         samples = wds.tarfile_to_samples()(iter(shards))
-        crops = (random_crop_flip(decode_png_bytes(s["png"]), self.crop, rng) for s in samples if "png" in s)
+        crops = (
+            random_crop_flip(image, self.crop, rng)
+            for image in (decode_png_bytes(s["png"]) for s in samples if "png" in s)
+            for _ in range(CROPS_PER_IMAGE)
+        )
         return self.batches(crops, rng)
 
 
@@ -171,7 +182,7 @@ def make_loader(
     """Endless float32 batches (B, 3, crop, crop) in [0, 1] from a shards folder or an image folder.
 
     ``split`` is ``"train"`` or ``"val"`` (shards and folders) or ``"all"`` (folders only).
-    ``shuffle_buffer`` (crops held for shuffling) defaults to ``2 * batch_size``.
+    ``shuffle_buffer`` (crops held for shuffling) defaults to ``max(2 * batch_size, 4 * CROPS_PER_IMAGE)``.
     Raises :class:`DataError` when the source is missing or the split holds no images.
     """
     source = Path(source)
@@ -179,7 +190,7 @@ def make_loader(
         raise DataError(f"crop and batch size must be >= 1 (got crop={crop}, batch_size={batch_size})")
     if split not in ("train", "val", "all"):
         raise DataError(f"unknown split {split!r} (train, val or all)")
-    buffer = max(1, shuffle_buffer if shuffle_buffer is not None else 2 * batch_size)
+    buffer = max(1, shuffle_buffer if shuffle_buffer is not None else max(2 * batch_size, 4 * CROPS_PER_IMAGE))
     if (source / MANIFEST).is_file():
         manifest = read_manifest(source)
         names = (

@@ -73,14 +73,25 @@ class CorrDiffModel(nn.Module):
         return bytes.fromhex(self.content_hash())[:16]
 
 
+def _update_digest(h: "hashlib._Hash", state: dict[str, torch.Tensor], prefix: str = "") -> None:
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{prefix}{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state_dict's names, dtypes, shapes and values (independent of torch.save)."""
+    h = hashlib.sha256()
+    _update_digest(h, state)
+    return h.hexdigest()
+
+
 def content_hash(config: ModelConfig, parts: dict[str, dict[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     for part in sorted(parts):
-        for name in sorted(parts[part]):
-            t = parts[part][name].detach().cpu().contiguous()
-            h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        _update_digest(h, parts[part], f"{part}.")
     return h.hexdigest()
 
 

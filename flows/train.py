@@ -1,0 +1,143 @@
+"""The staged training flow: Prefect orchestrates, Ray executes, MLflow records.
+
+    python -m flows.train [--params params.yaml] [--profile tiny] [--root .] [--no-eval]
+
+One Prefect task per stage and rate point (codec → diffusion → privileged → correction); the rate
+points' chains run concurrently, each task submitting its work to Ray (GPU when present) and retrying
+on transient failure — a retry resumes from the stage's checkpoint. Then the model set is collected,
+evaluated, logged to MLflow as one parent run with nested stage runs, registered, and promoted to
+``champion`` if it beats the current one. The file layout is the same as ``dvc repro``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.futures import PrefectFuture
+
+from flows.ray_tasks import run_stage_on_ray
+from pdc.config import Params, load_params
+
+
+class Layout:
+    """Where each artifact lives below ``root`` (shared with dvc.yaml)."""
+
+    def __init__(self, root: Path, params: Params) -> None:
+        self.root = root
+        self.data = root / params.pipeline.data
+        self.shards = root / params.pipeline.shards
+        self.model_set = root / "models" / "corrdiff"
+        self.eval = root / "eval"
+        self.metrics = root / "metrics"
+
+    def package(self, rate: str, stage: str) -> Path:
+        return self.root / "models" / "stages" / rate / stage
+
+    def checkpoints(self, rate: str, stage: str) -> Path:
+        return self.root / "checkpoints" / rate / stage
+
+    def stage_metrics(self, rate: str, stage: str) -> Path:
+        return self.metrics / rate / f"{stage}.json"
+
+
+@task(name="shards", retries=1)
+def build_shards_task(params_path: Path, profile: str | None, root: Path) -> str:
+    from pdc.data.corpus import init_default_corpus
+    from pdc.data.shards import build_shards
+
+    params = load_params(params_path, profile)
+    lay = Layout(root, params)
+    if not any(lay.data.rglob("*.png")) and params.pipeline.data == "data/raw":
+        init_default_corpus(lay.data / "default")
+    manifest = build_shards(lay.data, lay.shards, shard_size=params.pipeline.shard_size,
+                            val_fraction=params.pipeline.val_fraction)
+    get_run_logger().info("shards: %s", {k: v for k, v in manifest.items() if k != "shards"})
+    return str(lay.shards)
+
+
+@task(name="train-stage", retries=2, retry_delay_seconds=5, task_run_name="{stage}-{rate}")
+def stage_task(stage: str, rate: str, params_path: Path, profile: str | None, root: Path, shards: str) -> dict[str, Any]:
+    params = load_params(params_path, profile)
+    lay = Layout(root, params)
+    prev = {"diffusion": "codec", "privileged": "diffusion", "correction": "privileged"}.get(stage)
+    metrics = run_stage_on_ray(
+        stage, params_path, profile, rate,
+        data=Path(shards), out=lay.package(rate, stage),
+        init=lay.package(rate, prev) if prev else None,
+        workdir=lay.checkpoints(rate, stage) if stage != "correction" else None,
+        metrics=lay.stage_metrics(rate, stage),
+    )
+    get_run_logger().info("%s[%s] done: %s", stage, rate,
+                          {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return {k: v for k, v in metrics.items() if k != "history"}
+
+
+@task(name="collect")
+def collect_task(params_path: Path, profile: str | None, root: Path) -> str:
+    from pdc.stages import collect
+
+    params = load_params(params_path, profile)
+    lay = Layout(root, params)
+    collect(params, root / "models" / "stages", lay.model_set)
+    return str(lay.model_set)
+
+
+@task(name="evaluate")
+def evaluate_task(params_path: Path, profile: str | None, root: Path, model_set: str) -> str:
+    from flows.evaluate import run_evaluation
+
+    params = load_params(params_path, profile)
+    lay = Layout(root, params)
+    run_evaluation(Path(model_set), params, lay.eval, root=root)
+    return str(lay.eval)
+
+
+@task(name="log-register-promote")
+def register_task(params_path: Path, profile: str | None, root: Path, model_set: str, eval_dir: str | None) -> dict[str, Any]:
+    from pdc.tracking import log_pipeline
+
+    params = load_params(params_path, profile)
+    lay = Layout(root, params)
+    result = log_pipeline(params, Path(model_set), lay.metrics, Path(eval_dir) if eval_dir else None,
+                          extra_tags={"orchestrator": "prefect+ray"})
+    get_run_logger().info("registered %s v%s: %s", params.pipeline.registered_model, result["version"], result["reason"])
+    return result
+
+
+@flow(name="corrdiff-train", log_prints=True)
+def train_flow(params_path: str = "params.yaml", profile: str | None = None, root: str = ".", evaluate: bool = True) -> dict[str, Any]:
+    """Train every rate point through the four stages, evaluate, log to MLflow, register, promote."""
+    params_file, root_dir = Path(params_path).resolve(), Path(root).resolve()
+    params = load_params(params_file, profile)
+    shards = build_shards_task(params_file, profile, root_dir)
+    finals: list[PrefectFuture] = []
+    for rate in params.rate_names():
+        prev: PrefectFuture | None = None
+        for stage in ("codec", "diffusion", "privileged", "correction"):
+            prev = stage_task.submit(stage, rate, params_file, profile, root_dir, shards,
+                                     wait_for=[prev] if prev is not None else [])
+        finals.append(prev)
+    stage_metrics = [f.result() for f in finals]
+    model_set = collect_task(params_file, profile, root_dir)
+    eval_dir = evaluate_task(params_file, profile, root_dir, model_set) if evaluate else None
+    result = register_task(params_file, profile, root_dir, model_set, eval_dir)
+    return {"stages": stage_metrics, **result}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--root", default=".", help="Folder for data/, models/, checkpoints/, metrics/, eval/.")
+    ap.add_argument("--no-eval", action="store_true", help="Skip evaluation (the registry then has no RD tags).")
+    args = ap.parse_args(argv)
+    result = train_flow(args.params, args.profile, args.root, not args.no_eval)
+    print(json.dumps({k: v for k, v in result.items() if k != "stages"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The pipeline's stages on files: what ``pdc train …``, ``dvc repro`` and the Prefect/Ray flow run.
+
+Each stage reads its inputs from paths, trains or fits one part, and writes a model package plus a
+metrics JSON (final metrics and the per-step loss history), both atomically. The same call from the
+CLI, a DVC stage or a Ray task therefore gives the same result.
+
+::
+
+    shards ─▶ codec(r) ─▶ diffusion(r) ─▶ privileged(r) ─▶ correction(r) ─┐   for each rate point r
+                                                                          └─▶ collect ─▶ model set
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pdc.config import Params
+from pdc.errors import ConfigError
+from pdc.imageio import atomic_write_bytes
+from pdc.train import MetricLogger, StageResult
+
+STAGES = ("codec", "diffusion", "privileged", "correction")
+
+
+def _batches(data: Path, cfg, seed_offset: int = 0):
+    from pdc.data.loader import make_loader
+
+    return iter(make_loader(data, cfg.crop, cfg.batch_size, seed=cfg.seed + seed_offset))
+
+
+def write_metrics(path: Path | None, metrics: dict[str, Any]) -> None:
+    if path is not None:
+        atomic_write_bytes(path, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _result_metrics(stage: str, res: StageResult) -> dict[str, Any]:
+    return {"stage": stage, "final_loss": res.final_loss, "steps": res.steps, "resumed_from": res.resumed_from,
+            **res.metrics, "history": res.history}
+
+
+def run_stage(
+    stage: str,
+    params: Params,
+    rate_point: str,
+    *,
+    data: Path,
+    out: Path,
+    init: Path | None = None,
+    workdir: Path | None = None,
+    metrics: Path | None = None,
+    log: MetricLogger | None = None,
+) -> dict[str, Any]:
+    """Run one stage for one rate point; returns (and writes) its metrics."""
+    from pdc.models.package import init_model, load_package, save_package
+    from pdc import train as T
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
+    if rate_point not in params.rate_points:
+        raise ConfigError(f"unknown rate point {rate_point!r} (params.yaml has: {', '.join(params.rate_names())})")
+    prof = params.active
+    lmbda = params.rate_points[rate_point]
+    extra = {"stage": stage, "rate_point": rate_point, "lmbda": lmbda, "profile": params.profile}
+    device = resolve_device(prof.device)
+    if stage == "codec":
+        model = init_model(prof.model, seed=prof.train.codec.seed).to(device)
+        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec), prof.train.codec, workdir, log)
+        result = _result_metrics(stage, res)
+    else:
+        if init is None:
+            raise ConfigError(f"stage {stage} needs --init (the previous stage's package)")
+        model = load_package(init).to(device)
+        if stage == "correction":
+            t = prof.train
+            loader = iter(_crop_images(data, t.correction_crop, t.correction_images))
+            fit = T.fit_correction(model, list(loader), log=log)
+            model = T.apply_correction_fit(model, fit)
+            result = {"stage": stage, "eps_mode": fit.eps_mode, **fit.report}
+            extra["correction"] = fit.report
+        else:
+            cfg = getattr(prof.train, stage)
+            fn = T.train_diffusion if stage == "diffusion" else T.train_privileged_decoder
+            result = _result_metrics(stage, fn(model, _batches(data, cfg), cfg, workdir, log))
+    result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
+    write_metrics(metrics, result)
+    return result
+
+
+def resolve_device(name: str) -> str:
+    """"auto" → cuda when available; an explicit "cuda" without a GPU is a configuration error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("profile asks for device: cuda, but no CUDA GPU is available (use device: auto)")
+    return name
+
+
+def _crop_images(data: Path, crop: int, count: int):
+    from pdc.data.loader import make_loader
+
+    stream = iter(make_loader(data, crop, 1, seed=12345))
+    return [next(stream) for _ in range(count)]
+
+
+def collect(params: Params, stage_root: Path, out: Path) -> dict[str, Any]:
+    """Gather the final (correction-stage) package of every rate point into one model set."""
+    from pdc.models.package import write_model_set
+
+    packages = [stage_root / name / "correction" for name in params.rate_names()]
+    return write_model_set(out, packages)

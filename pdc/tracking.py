@@ -1,0 +1,200 @@
+"""MLflow glue: tracking store, pipeline runs, the ``corrdiff`` registry and its ``champion`` alias.
+
+This is the only module of ``pdc`` that imports MLflow (lazily, at the edge); the codec core never does.
+
+Store: ``$MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<cwd>/mlflow.db`` with artifacts in
+``<cwd>/mlruns`` (the file store is refused by MLflow 3 unless forced; sqlite is its supported default).
+Inside ``dvc exp run --temp`` or a queue, export an absolute ``MLFLOW_TRACKING_URI`` (DVC runs those in a
+temporary copy of the repo).
+
+One pipeline run = one parent MLflow run with a nested run per stage and rate point (params, per-step
+loss, final metrics), the evaluation's metrics and plots as artifacts, and the model set registered as a
+new version of the registered model, tagged with its validation metrics. :func:`promote` then applies
+:mod:`pdc.promotion` and moves the ``champion`` alias only for a better model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pdc.config import Params, PromotionConfig
+from pdc.errors import ModelPackageError
+from pdc.promotion import Decision, RDPoint, decide
+
+CHAMPION = "champion"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _mlflow():
+    import logging
+
+    import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # DB migrations on first use are not news
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def experiment_id(name: str) -> str:
+    mlflow = _mlflow()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        artifacts = (Path.cwd() / "mlruns").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifacts)
+
+
+def _log_history(client, run_id: str, name: str, history: Iterable[float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(name, float(v), now, i + 1) for i, v in enumerate(history)]
+    for i in range(0, len(batch), 900):  # the REST/DB API takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=batch[i : i + 900])
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flat(key, v))
+        else:
+            out[key] = v
+    return out
+
+
+def candidate_points(summary: dict[str, Any], system: str = "corrdiff") -> list[RDPoint]:
+    """RD points of one system from an evaluation summary (``eval/summary.json``)."""
+    rows = summary.get("systems", {}).get(system, {}).get("points", [])
+    return [RDPoint(r["bpp"], r["psnr"], r["lpips"]) for r in rows if r.get("lpips") is not None]
+
+
+def log_pipeline(
+    params: Params,
+    model_set: Path,
+    metrics_dir: Path,
+    eval_dir: Path | None,
+    *,
+    run_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Log a finished pipeline to MLflow, register its model set, and apply the champion rule."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    exp = experiment_id(params.pipeline.experiment)
+    summary = json.loads((eval_dir / "summary.json").read_text()) if eval_dir and (eval_dir / "summary.json").is_file() else {}
+    index = json.loads((model_set / "index.json").read_text())
+    with mlflow.start_run(experiment_id=exp, run_name=run_name or f"pipeline-{params.profile}") as parent:
+        mlflow.set_tags({"profile": params.profile, **(extra_tags or {})})
+        mlflow.log_params(_flat("", {"profile": params.profile, "rate_points": params.rate_points}))
+        mlflow.log_params(_flat("model", params.active.model.model_dump(mode="json")))
+        for rate in params.rate_names():
+            for stage in ("codec", "diffusion", "privileged", "correction"):
+                f = metrics_dir / rate / f"{stage}.json"
+                if not f.is_file():
+                    continue
+                m = json.loads(f.read_text())
+                with mlflow.start_run(experiment_id=exp, run_name=f"{stage}-{rate}", nested=True) as child:
+                    mlflow.log_params({"stage": stage, "rate_point": rate, "lmbda": params.rate_points[rate],
+                                       **_flat("train", getattr(params.active.train, stage).model_dump()
+                                               if stage != "correction" else {})})
+                    # "loss" is logged per step from the history; the rest are final values
+                    mlflow.log_metrics({k: float(v) for k, v in m.items()
+                                        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "loss"})
+                    if m.get("history"):
+                        _log_history(client, child.info.run_id, "loss", m["history"])
+        for name, system in summary.get("systems", {}).items():
+            for i, r in enumerate(system.get("points", [])):
+                mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in r.items()
+                                    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}, step=i)
+        if eval_dir is not None and eval_dir.is_dir():
+            mlflow.log_artifacts(str(eval_dir), "evaluation")
+        mlflow.log_artifacts(str(model_set), "model_set")
+        version = register(params.pipeline.registered_model, f"{parent.info.artifact_uri}/model_set",
+                           parent.info.run_id, summary, index)
+    decision = promote(params.pipeline.registered_model, version, params.pipeline.promotion)
+    return {"run_id": parent.info.run_id, "version": version, "promoted": decision.promote,
+            "reason": decision.reason, "bd_rate_lpips": decision.bd_rate_lpips,
+            "psnr_delta_db": decision.psnr_delta_db, "champion": champion_version(params.pipeline.registered_model)}
+
+
+def register(name: str, source: str, run_id: str, summary: dict[str, Any], index: dict[str, Any]) -> str:
+    """Create a new version of ``name`` pointing at the logged model set; returns the version."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name, description="CorrDiff model sets (one package per rate point)")
+    except MlflowException:
+        pass  # already registered
+    points = candidate_points(summary)
+    tags = {
+        "hashes": ",".join(p["hash"][:12] for p in index["packages"]),
+        "rd_points": json.dumps([p._asdict() for p in points]),
+    }
+    if points:
+        tags |= {"mean_bpp": f"{sum(p.bpp for p in points) / len(points):.5f}",
+                 "mean_psnr": f"{sum(p.psnr for p in points) / len(points):.4f}",
+                 "mean_lpips": f"{sum(p.lpips for p in points) / len(points):.5f}"}
+    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    return str(mv.version)
+
+
+def champion_version(name: str) -> str | None:
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def _points(client, name: str, version: str) -> list[RDPoint]:
+    tags = client.get_model_version(name, version).tags
+    return [RDPoint(**p) for p in json.loads(tags.get("rd_points", "[]"))]
+
+
+def promote(name: str, version: str, rule: PromotionConfig) -> Decision:
+    """Apply the champion rule to ``version``; moves the alias when it wins. Records the decision."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    current = champion_version(name)
+    champion_points = _points(client, name, current) if current is not None and current != version else None
+    decision = decide(_points(client, name, version), champion_points, rule)
+    client.set_model_version_tag(name, version, "promotion", decision.reason)
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return decision
+
+
+def download_registered_model(uri: str) -> Path:
+    """Local directory of a ``models:/name@alias`` or ``models:/name/version`` model set."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+
+    cache = Path(os.environ.get("PDC_CACHE", Path.home() / ".cache" / "pdc")) / "registry"
+    try:
+        client = mlflow.MlflowClient()
+        name, _, ref = uri.removeprefix("models:/").partition("@")
+        mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
+        dest = cache / mv.name / str(mv.version)
+        local = dest / mv.source.rstrip("/").rsplit("/", 1)[-1]
+        if not (local / "index.json").is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
+        return local
+    except MlflowException as exc:
+        raise ModelPackageError(f"{uri}: cannot resolve in the MLflow registry at {tracking_uri()} ({exc.message})") from None

@@ -1,0 +1,49 @@
+"""A micro pipeline (tiny model, a few steps, the embedded corpus) for flow and stage tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+MICRO_PROFILE = {
+    "model": {
+        "codec": {"N": 16, "M": 24},
+        "diffusion": {"block_channels": [8, 16], "norm_groups": 4, "unshuffle": 4, "latent_channels": 4, "steps": 2},
+        "privileged": {"refine_channels": 8, "refine_blocks": 1},
+        "correction": {"levels": 8},
+    },
+    "train": {
+        "codec": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2},
+        "diffusion": {"steps": 3, "batch_size": 2, "crop": 64, "checkpoint_every": 2},
+        "privileged": {"steps": 2, "batch_size": 2, "crop": 64, "checkpoint_every": 2},
+        "correction_images": 2,
+        "correction_crop": 64,
+    },
+}
+
+
+def write_micro_params(root: Path, **train_overrides) -> Path:
+    """params.yaml for the micro profile (two rate points) under ``root``; returns its path."""
+    profile = yaml.safe_load(yaml.safe_dump(MICRO_PROFILE))
+    for stage, values in train_overrides.items():
+        profile["train"][stage].update(values)
+    doc = {
+        "profile": "micro",
+        "rate_points": {"r0": 0.002, "r1": 0.01},
+        "pipeline": {
+            "shard_size": 4,
+            "evaluate": {"images": "data/raw/default", "crop": 64, "limit": 2, "gammas": [1.0]},
+        },
+        "profiles": {"micro": profile},
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def init_corpus(root: Path) -> Path:
+    from pdc.data.corpus import init_default_corpus
+
+    init_default_corpus(root / "data" / "raw" / "default")
+    return root / "data" / "raw"

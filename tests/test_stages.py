@@ -1,0 +1,69 @@
+"""Stages on files: a killed training stage resumes from its checkpoint, not from step zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.pipeline_fixtures import init_corpus, write_micro_params
+
+
+def _pdc(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PDC_NO_PROGRESS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pdc", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_codec_stage_resumes_from_checkpoint(tmp_path):
+    params = write_micro_params(tmp_path, codec={"steps": 60, "checkpoint_every": 3})
+    data = init_corpus(tmp_path)
+    args = ("train", "codec", "-r", "r0", "--data", str(data / "default"), "--out", "pkg",
+            "--workdir", "ck", "--metrics", "m.json", "--params", str(params))
+    ckpt = tmp_path / "ck" / "codec.ckpt.pt"
+    proc = _pdc(*args, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 3 <= killed_at < 60, "the run finished before it could be killed"
+    assert not (tmp_path / "pkg").exists()  # no half-written package
+
+    done = _pdc(*args, cwd=tmp_path)
+    _, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["resumed_from"] >= killed_at and m["steps"] == 60
+    assert len(m["history"]) == 60  # the history before the kill was kept
+
+
+def test_changed_config_does_not_resume(tmp_path):
+    from pdc.config import load_params
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    params = load_params(write_micro_params(tmp_path))
+    kw = dict(data=data, out=tmp_path / "pkg", workdir=tmp_path / "ck")
+    assert run_stage("codec", params, "r0", **kw)["resumed_from"] == 0
+    assert run_stage("codec", params, "r0", **kw)["resumed_from"] == 4  # same run: nothing left to do
+    other = load_params(write_micro_params(tmp_path, codec={"lr": 0.01}))
+    assert run_stage("codec", other, "r0", **kw)["resumed_from"] == 0
+
+
+def test_unknown_rate_point_is_refused(tmp_path):
+    from pdc.config import load_params
+    from pdc.errors import ConfigError
+    from pdc.stages import run_stage
+
+    with pytest.raises(ConfigError, match="unknown rate point 'r9'"):
+        run_stage("codec", load_params(write_micro_params(tmp_path)), "r9", data=tmp_path, out=tmp_path / "x")
