@@ -26,7 +26,7 @@ def run_evaluation(model_dir: Path, params: Params, out: Path, root: Path = Path
         fid_images=(root / ev.fid_images) if ev.fid_images else None,
         limit=ev.limit,
         crop=ev.crop or None,
-        gammas=ev.gammas,
+        gammas=ev.gamma_values,
         progress=False,
     )
 

@@ -113,9 +113,27 @@ class EvalConfig(_Strict):
 
     images: str = "data/raw/default"
     fid_images: str | None = None
-    crop: int | None = Field(256, ge=64)
+    #: Centre crop for quick CPU evaluation; 0 = full images.
+    crop: int = Field(256, ge=0)
     limit: int | None = Field(None, ge=1)
-    gammas: tuple[float, ...] = (0.5, 1.0)
+    #: Comma-separated correction strengths γ traced on the distortion–perception curve (a string,
+    #: because DVC cannot interpolate lists into a command line).
+    gammas: str = "0.5,1.0"
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas(cls, v: str) -> str:
+        try:
+            values = [float(g) for g in v.split(",") if g.strip()]
+        except ValueError:
+            raise ValueError("expected comma-separated numbers, e.g. '0.5,1.0'") from None
+        if not values or any(not 0 <= g <= 1 for g in values):
+            raise ValueError("each γ must lie in [0, 1]")
+        return v
+
+    @property
+    def gamma_values(self) -> tuple[float, ...]:
+        return tuple(float(g) for g in self.gammas.split(",") if g.strip())
 
 
 class PromotionConfig(_Strict):

@@ -33,7 +33,7 @@ def write_micro_params(root: Path, **train_overrides) -> Path:
         "rate_points": {"r0": 0.002, "r1": 0.01},
         "pipeline": {
             "shard_size": 4,
-            "evaluate": {"images": "data/raw/default", "crop": 64, "limit": 2, "gammas": [1.0]},
+            "evaluate": {"images": "data/raw/default", "crop": 64, "limit": 2, "gammas": "1.0"},
         },
         "profiles": {"micro": profile},
     }
