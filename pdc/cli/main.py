@@ -7,14 +7,19 @@ same status Typer uses for bad usage.  Anything else is a bug and keeps its trac
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
 from pdc.cli import data as data_cli
 from pdc.cli import codec as codec_cli
+from pdc.cli import evaluate as evaluate_cli
 from pdc.cli import metrics as metrics_cli
 from pdc.cli import train as train_cli
 from pdc.errors import PdcError
+
+# Deprecation notices from inside torch/compressai are not actionable for a user of the CLI.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|load)` is deprecated", category=FutureWarning)
 
 app = typer.Typer(
     name="pdc",
@@ -29,6 +34,7 @@ app.command("weights")(metrics_cli.weights)
 app.command("compress")(codec_cli.compress)
 app.command("decompress")(codec_cli.decompress)
 app.command("eval")(codec_cli.evaluate)
+app.command("evaluate")(evaluate_cli.evaluate)
 app.add_typer(train_cli.app, name="train")
 
 

@@ -1,0 +1,77 @@
+"""`pdc compress` / `pdc decompress` on files: round trip, bpp, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdc.imageio import read_image, write_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_pdc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pdc", *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from pdc.config import parse_model_config
+    from pdc.models.package import init_model, save_package
+
+    from tests.models.conftest import MICRO
+
+    d = tmp_path_factory.mktemp("model") / "micro"
+    save_package(init_model(parse_model_config(MICRO), seed=0), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    from skimage import data
+
+    p = tmp_path_factory.mktemp("img") / "cat.png"
+    write_image(p, np.ascontiguousarray(data.chelsea()[:100, :130]))
+    return p
+
+
+def test_round_trip_via_cli(tmp_path, model_dir, image):
+    stream, recon, out = tmp_path / "a.pdc", tmp_path / "sim.png", tmp_path / "out.png"
+    r = run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_dir), "--recon", str(recon))
+    assert r.returncode == 0, r.stderr
+    assert f"{stream.stat().st_size} bytes" in r.stdout
+    r = run_pdc("decompress", str(stream), "-o", str(out), "--model", str(model_dir))
+    assert r.returncode == 0, r.stderr
+    decoded, simulated = read_image(out), read_image(recon)
+    assert decoded.shape == (100, 130, 3)
+    assert np.abs(decoded.astype(int) - simulated.astype(int)).max() <= 1
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_corrupted_stream(tmp_path, model_dir, image):
+    stream = tmp_path / "a.pdc"
+    assert run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_dir)).returncode == 0
+    data = bytearray(stream.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stream.write_bytes(bytes(data))
+    _one_line_error(run_pdc("decompress", str(stream), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)),
+                    "checksum")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_foreign_file_and_missing_model(tmp_path, model_dir, image):
+    _one_line_error(run_pdc("decompress", str(image), "-o", str(tmp_path / "o.png"), "--model", str(model_dir)),
+                    "bad magic")
+    _one_line_error(run_pdc("compress", str(image), "-o", str(tmp_path / "a.pdc"), "--model", str(tmp_path / "none")),
+                    "no such model package")
+    _one_line_error(run_pdc("compress", str(image), "-o", str(tmp_path / "a.pdc"), "--model", str(model_dir),
+                            "--mode", "jpeg"), "unknown mode")
