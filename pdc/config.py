@@ -40,8 +40,11 @@ class DiffusionConfig(_Strict):
     latent_channels: int = Field(8, ge=0)
     train_timesteps: int = Field(1000, ge=10)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    #: The diffusion models the residual x − g_s(ŷ), scaled by this factor (unit-variance-ish).
-    residual_scale: float = Field(4.0, gt=0)
+    #: What the network predicts. "v_prediction" keeps x̂0 well-conditioned at the first trailing step,
+    #: where ᾱ_T ≈ 0 makes the ε-parameterisation divide by ~0; "epsilon" and "sample" are available.
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    #: The diffusion models the residual x − g_s(ŷ), scaled by this factor towards unit variance.
+    residual_scale: float = Field(8.0, gt=0)
     #: Default number of DDIM steps K (trailing spacing); the bitstream records the value used.
     steps: int = Field(6, ge=1, le=64)
 

@@ -27,6 +27,7 @@ from torch import nn
 from pdc.config import StageTrainConfig
 from pdc.metrics import psnr
 from pdc.models.codec import quantized_latent
+from pdc.models.diffusion import training_target
 from pdc.models.correction import fit_tables
 from pdc.models.package import CorrDiffModel
 from pdc.models.sampler import correctable_steps, sample
@@ -181,7 +182,7 @@ def train_diffusion(
     workdir: Path | None = None,
     log: MetricLogger | None = None,
 ) -> StageResult:
-    """Stage 2: ε-prediction on the residual r = s·(x − g_s(ŷ)), codec frozen."""
+    """Stage 2: denoising on the residual r = s·(x − g_s(ŷ)), codec frozen (target per prediction_type)."""
     model.codec.eval().requires_grad_(False)
     net = model.diffusion
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -196,7 +197,8 @@ def train_diffusion(
         a = ac.to(x.device)[t].view(-1, 1, 1, 1).to(x.dtype)
         noise = torch.randn_like(r0)
         r_t = a.sqrt() * r0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(net(r_t, t, y_hat, x_base), noise)
+        target = training_target(model.config.diffusion.prediction_type, r0, noise, a)
+        loss = F.mse_loss(net(r_t, t, y_hat, x_base), target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -240,8 +242,12 @@ def train_privileged_decoder(
 
 class CorrectionFit(NamedTuple):
     tables: torch.Tensor  # (K, L) per-step pmfs
-    eps_mode: str  # the ε̃ variant with the better measured PSNR
-    report: dict[str, float]  # measured PSNR per mode, mean λ* per step, bits, gain per bit
+    eps_mode: str  # the chosen ε̃ variant (see fit_correction)
+    report: dict[str, float]  # PSNR/LPIPS per variant, mean λ* per step, bits, gain per bit
+
+
+#: ε̃ choice: the variant with the lower LPIPS wins unless it costs more than this much PSNR.
+EPS_MODE_MAX_PSNR_DROP_DB = 1.0
 
 
 def fit_correction(
@@ -251,58 +257,68 @@ def fit_correction(
     seed: int = 0,
     log: MetricLogger | None = None,
 ) -> CorrectionFit:
-    """Stage 4: simulate the encoder on ``images``, fit the λ tables, choose ε̃ by measured PSNR.
+    """Stage 4: simulate the encoder on ``images``, fit the λ tables, choose ε̃ by measured quality.
 
-    For each ε̃ variant ("network", "rederive") the encoder simulation runs on every image; the λ levels
-    it picks are counted per step into the rANS tables. The variant with the higher mean PSNR wins
-    (both cost the same bits under the fitted tables). The report also gives the diffusion-only PSNR,
-    the λ bits per image under the fitted tables and the PSNR gain per λ bit.
+    For each ε̃ variant ("network", "rederive") the encoder simulation runs on every image and the λ
+    levels it picks are counted per step into rANS tables. Both variants cost the same few bits, so the
+    choice is on quality: the lower mean LPIPS wins unless its PSNR is more than
+    ``EPS_MODE_MAX_PSNR_DROP_DB`` below the other's (then the other wins). The report gives PSNR and
+    LPIPS of each variant, of plain diffusion (λ ≡ 0) and of x_e, the λ bits per image under the
+    fitted tables, the PSNR gain per λ bit and the mean λ* per corrected step.
     """
+    from pdc.metrics.perceptual import lpips
     from pdc.models.correction import encode_levels
 
     dcfg, ccfg = model.config.diffusion, model.config.correction
     k = dcfg.steps
     coded = correctable_steps(ccfg, k)
     report: dict[str, float] = {}
-    fits: dict[str, tuple[float, list[list[int]], list[list[float]]]] = {}
+    fits: dict[str, tuple[list[list[int]], list[list[float]]]] = {}
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
     with torch.no_grad():
-        prepared = []
         device = next(model.parameters()).device
+        prepared = []
         for x in images:
             x = (x if x.dim() == 4 else x.unsqueeze(0)).to(device)
             y_hat, x_base = _frozen_latents(model, x)
             prepared.append((x, y_hat, x_base, model.privileged(y_hat)))
-        plain = [
-            psnr(sample(model.diffusion, model.scheduler, y, xb, steps=k, seed=seed + i, correction=ccfg,
-                        residual_scale=dcfg.residual_scale).image, x)
-            for i, (x, y, xb, _) in enumerate(prepared)
-        ]
-        report["psnr_diffusion"] = sum(plain) / len(plain)
-        report["psnr_e2e"] = sum(psnr(xe, x) for x, _, _, xe in prepared) / len(prepared)
+
+        def score(name: str, outputs: list[torch.Tensor]) -> None:
+            report[f"psnr_{name}"] = mean([psnr(o, p[0]) for o, p in zip(outputs, prepared)])
+            report[f"lpips_{name}"] = mean([lpips(o, p[0]) for o, p in zip(outputs, prepared)])
+
+        common = dict(steps=k, residual_scale=dcfg.residual_scale)
+        score("diffusion", [sample(model.diffusion, model.scheduler, y, xb, seed=seed + i, correction=ccfg, **common).image
+                            for i, (x, y, xb, _) in enumerate(prepared)])
+        score("e2e", [xe for *_, xe in prepared])
         for mode in ("network", "rederive"):
             cc = ccfg.model_copy(update={"eps_mode": mode})
             per_step: list[list[int]] = [[] for _ in coded]
             stars: list[list[float]] = [[] for _ in coded]
-            scores = []
+            outputs = []
             for i, (x, y, xb, xe) in enumerate(prepared):
-                res = sample(model.diffusion, model.scheduler, y, xb, steps=k, seed=seed + i, correction=cc,
-                             residual_scale=dcfg.residual_scale, x_e=xe, target=x)
-                scores.append(psnr(res.image, x))
+                res = sample(model.diffusion, model.scheduler, y, xb, seed=seed + i, correction=cc, x_e=xe, target=x,
+                             **common)
+                outputs.append(res.image)
                 for j, step_k in enumerate(coded):
                     per_step[j].append(res.levels[step_k])
                     stars[j].append(res.lambda_star[j])
-            fits[mode] = (sum(scores) / len(scores), per_step, stars)
-            report[f"psnr_corrdiff_{mode}"] = fits[mode][0]
-    best = max(fits, key=lambda m: fits[m][0])
-    _, per_step, stars = fits[best]
+            fits[mode] = (per_step, stars)
+            score(f"corrdiff_{mode}", outputs)
+    a, b = sorted(("network", "rederive"), key=lambda m: report[f"lpips_corrdiff_{m}"])
+    best = a if report[f"psnr_corrdiff_{a}"] >= report[f"psnr_corrdiff_{b}"] - EPS_MODE_MAX_PSNR_DROP_DB else b
+    per_step, stars = fits[best]
     coded_tables = fit_tables(per_step, ccfg.levels)
     tables = torch.full((k, ccfg.levels), 1.0 / ccfg.levels)
     tables[coded] = coded_tables
     bits = [8 * len(encode_levels([per_step[j][i] for j in range(len(coded))], coded_tables)) for i in range(len(images))]
-    report["lambda_bits_per_image"] = sum(bits) / len(bits)
-    report["psnr_gain_per_lambda_bit"] = (fits[best][0] - report["psnr_diffusion"]) / max(report["lambda_bits_per_image"], 1)
+    report["lambda_bits_per_image"] = mean(bits)
+    report["psnr_gain_per_lambda_bit"] = (report[f"psnr_corrdiff_{best}"] - report["psnr_diffusion"]) / max(mean(bits), 1)
     for j, step_k in enumerate(coded):
-        report[f"lambda_star_mean_step{step_k}"] = sum(stars[j]) / len(stars[j])
+        report[f"lambda_star_mean_step{step_k}"] = mean(stars[j])
     if log is not None:
         for name, value in report.items():
             log(f"correction/{name}", value, 0)

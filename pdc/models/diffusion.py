@@ -65,5 +65,24 @@ def build_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
         timestep_spacing="trailing",
         clip_sample=False,
         set_alpha_to_one=True,
-        prediction_type="epsilon",
+        prediction_type=cfg.prediction_type,
     )
+
+
+def split_prediction(kind: str, out: torch.Tensor, x_t: torch.Tensor, a_t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂0, ε̂) from the network output for each parameterisation (x_t = √ᾱ x0 + √(1−ᾱ) ε)."""
+    sa, sb = a_t**0.5, (1 - a_t) ** 0.5
+    if kind == "epsilon":
+        return (x_t - sb * out) / sa, out
+    if kind == "v_prediction":  # v = √ᾱ ε − √(1−ᾱ) x0
+        return sa * x_t - sb * out, sb * x_t + sa * out
+    return out, (x_t - sa * out) / sb  # "sample"
+
+
+def training_target(kind: str, x0: torch.Tensor, noise: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """What the network is trained to output at noise level ᾱ_t."""
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return a_t.sqrt() * noise - (1 - a_t).sqrt() * x0
+    return x0

@@ -5,8 +5,8 @@ All arithmetic happens in the diffusion's residual space r = s·(x − x_b) (see
 
     r_T ~ N(0, I) from the seed in the header
     for k, t in enumerate(trailing timesteps t_K > … > t_1):
-        ε̂   = ε_θ(r_t, t | ŷ, x_b)
-        r̂0  = (r_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, clipped so that x_b + r̂0/s ∈ [0, 1]
+        (r̂0, ε̂) from the network output (ε-, v- or x0-parameterised; see split_prediction)
+        r̂0  clipped so that x_b + r̂0/s ∈ [0, 1]
         λ_k  = encoder: quantize(γ · λ*(r0, r̂0, r_e));  decoder: from the bitstream
         r̃0  = r̂0 + λ_k (r_e − r̂0)
         ε̃   = ε̂ ("network")  or  (r_t − √ᾱ_t r̃0) / √(1−ᾱ_t) ("rederive")
@@ -23,7 +23,7 @@ from diffusers import DDIMScheduler
 
 from pdc.config import CorrectionConfig
 from pdc.models.correction import dequantize, lambda_star, quantize
-from pdc.models.diffusion import ConditionalDenoiser
+from pdc.models.diffusion import ConditionalDenoiser, split_prediction
 
 
 class SampleResult(NamedTuple):
@@ -74,6 +74,7 @@ def sample(
     Plain diffusion: neither (all λ = 0).
     """
     s = residual_scale
+    kind = denoiser.cfg.prediction_type
     n_levels = correction.levels
     gamma = correction.gamma if gamma is None else gamma
     allowed = set(correctable_steps(correction, steps))
@@ -92,8 +93,7 @@ def sample(
     stars: list[float] = []
     r_tilde = r_t
     for k, (t, a_t, a_prev) in enumerate(timesteps(scheduler, steps)):
-        eps = denoiser(r_t, t, y_hat, x_base)
-        r_hat = (r_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        r_hat, eps = split_prediction(kind, denoiser(r_t, t, y_hat, x_base), r_t, a_t)
         r_hat = torch.maximum(torch.minimum(r_hat, hi), lo)
         if target is not None and k in allowed:
             star = lambda_star(r0, r_hat, r_e)

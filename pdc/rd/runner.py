@@ -1,0 +1,505 @@
+"""``evaluate_model_set``: every rate point of a model set beside classic codecs, one metric code path.
+
+For each rate point (one package of the set) the four systems that come out of the same model —
+CorrDiff, diffusion-only (λ ≡ 0), the privileged e2e decoder and the hyperprior's own g_s — plus
+CorrDiff at extra correction strengths γ (the distortion–perception knob), and JPEG/WebP/AVIF through
+Pillow at several qualities, code the same images:
+
+* every file is really written (``streams/<system>/<point>/<image>.<ext>``) and bpp is 8 × its size on
+  disk / pixels;
+* reconstructions are decoded from those files (pdc streams by :func:`pdc.codec.decompress`, classic
+  files by Pillow); for pdc streams the largest difference to the encoder's simulation is recorded;
+* PSNR, MS-SSIM and LPIPS come from :mod:`pdc.metrics` on the test images (mean over images); FID and
+  KID from :mod:`pdc.metrics.perceptual` on 256×256 patches of a second, larger image set
+  (HiFiC / MS-ILLM protocol: reconstructions of the full images, two patch grids).
+
+Everything is written into a staging folder next to ``out`` and renamed into place at the end, so
+``out`` holds either the previous complete evaluation or the new one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pdc.errors import DataError, PdcError
+from pdc.imageio import read_image, tensor_to_uint8, uint8_to_tensor
+from pdc.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
+from pdc.rd import report
+from pdc.rd.classic import ClassicCodec, classic_codecs
+from pdc.rd.systems import Point, System, classic_systems, learned_systems
+
+FORMAT = "pdc-rd/1"
+#: γ values swept by default when the set has fewer rate points than a cubic BD fit needs.
+DEFAULT_GAMMAS = (0.25, 0.5, 0.75)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+PATCH = 256
+
+
+def list_images(folder: Path, what: str = "images") -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {what} folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
+    if not size:
+        return img
+    h, w = img.shape[:2]
+    s_h, s_w = min(size, h), min(size, w)
+    top, left = (h - s_h) // 2, (w - s_w) // 2
+    return np.ascontiguousarray(img[top : top + s_h, left : left + s_w])
+
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{i:04d}_{s}" for i, s in enumerate(stems)]
+
+
+def default_gammas(n_rate_points: int) -> tuple[float, ...]:
+    return DEFAULT_GAMMAS if n_rate_points < 4 else ()
+
+
+#: Written into every output folder: marks it as ours, so a re-run may replace it (even after DVC
+#: removed some declared outputs from it).
+MARKER = ".pdc-evaluate"
+
+
+def parse_gammas(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    """``"0.25,0.5"`` or ``[0.25, 0.5]`` → (0.25, 0.5); ``"none"``/``""`` → (); None → None (default sweep)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        t = text.strip()
+        if t.lower() in ("", "none", "off"):
+            return ()
+        try:
+            values = tuple(float(v) for v in t.split(",") if v.strip())
+        except ValueError:
+            raise PdcError(f"gammas: expected comma-separated numbers in [0, 1], got {text!r}") from None
+    else:
+        values = tuple(float(v) for v in text)
+    bad = [g for g in values if not 0.0 <= g <= 1.0]
+    if bad:
+        raise PdcError(f"gammas: γ must lie in [0, 1], got {bad[0]}")
+    return values
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PdcError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        ok = (out / MARKER).is_file()
+        if not ok:
+            try:
+                import json
+
+                ok = json.loads((out / "summary.json").read_text()).get("format") == FORMAT
+            except (OSError, ValueError, AttributeError):
+                ok = False
+        if not ok:
+            raise PdcError(f"{out}: folder is not empty and holds no earlier `pdc evaluate` output; "
+                           "choose another --out (it is replaced as a whole)")
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+class _Metrics:
+    """The one metric code path for every system."""
+
+    def __init__(self, with_lpips: bool) -> None:
+        self.lpips = None
+        if with_lpips:
+            from pdc.metrics.perceptual import lpips
+
+            self.lpips = lpips
+
+    def __call__(self, rec: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+        h, w = ref.shape[-2:]
+        out = {
+            "psnr": psnr(rec, ref),
+            "ms_ssim": ms_ssim(rec, ref) if min(h, w) >= MS_SSIM_MIN_SIDE else math.nan,
+        }
+        if self.lpips is not None:
+            out["lpips"] = self.lpips(rec, ref)
+        return out
+
+
+class _FidSet:
+    """Originals of the FID set (held as uint8) and their Inception features, computed once."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.images: list[tuple[str, np.ndarray]] = []
+        skipped = 0
+        for p in paths:
+            img = read_image(p)
+            if min(img.shape[:2]) < PATCH:
+                skipped += 1
+                continue
+            self.images.append((p.stem, img))
+        self.skipped = skipped
+        self.reference: np.ndarray | None = None
+
+    def features(self, images: Sequence[np.ndarray], chunk: int = 64) -> np.ndarray:
+        from pdc.metrics.perceptual import extract_patches, inception_features
+
+        buf: list[torch.Tensor] = []
+        feats = []
+
+        def flush() -> None:
+            if buf:
+                feats.append(inception_features([torch.cat(buf).float().div(255)]))
+                buf.clear()
+
+        for img in images:
+            patches = extract_patches(uint8_to_tensor(img)).mul(255).round().to(torch.uint8)
+            buf.append(patches)
+            if sum(len(b) for b in buf) >= chunk:
+                flush()
+        flush()
+        return np.concatenate(feats) if feats else np.zeros((0, 2048))
+
+    def score(self, reconstructions: Sequence[np.ndarray]) -> tuple[float | None, float | None, int, str | None]:
+        from pdc.metrics.perceptual import fid_from_features, kid_from_features
+
+        if self.reference is None:
+            self.reference = self.features([img for _, img in self.images])
+        rec = self.features(reconstructions)
+        if len(rec) < 2 or len(self.reference) < 2:
+            return None, None, len(rec), "FID/KID need at least two 256×256 patches"
+        return fid_from_features(self.reference, rec), kid_from_features(self.reference, rec), len(rec), None
+
+
+def _check_single_lambda(model, steps: int | None, member: Path) -> None:
+    """Refuse K with exactly one coded λ: CompressAI's rANS encoder overruns its buffer on a single
+    symbol and aborts the process (``encode_levels([q], tables_of_one_step)``), so fail cleanly first."""
+    from pdc.models.sampler import correctable_steps
+
+    k = steps or model.config.diffusion.steps
+    if len(correctable_steps(model.config.correction, k)) == 1:
+        raise PdcError(f"{member}: K={k} leaves exactly one corrected step; a single λ symbol crashes the rANS "
+                       "coder (pdc.models.correction.encode_levels) — use --steps ≥ 2")
+
+
+def _code_learned(model, system: System, x: torch.Tensor, path: Path, *, steps: int | None, seed: int,
+                  decode: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    from pdc.codec import compress, decompress
+
+    t0 = time.perf_counter()
+    enc = compress(model, x, mode=system.mode, steps=steps, seed=seed, gamma=system.gamma)
+    t1 = time.perf_counter()
+    path.write_bytes(enc.data)
+    info: dict[str, Any] = {"bytes": path.stat().st_size, "lambda_bytes": enc.lambda_bytes, "encode_s": t1 - t0}
+    if decode:
+        t2 = time.perf_counter()
+        rec = decompress(model, path.read_bytes())
+        info["decode_s"] = time.perf_counter() - t2
+        info["decode_max_abs_diff"] = float((rec - enc.reconstruction).abs().max())
+    else:
+        rec = enc.reconstruction
+    if enc.levels:
+        info["levels"] = list(enc.levels)
+    return rec, info
+
+
+def _code_classic(codec: ClassicCodec, quality: int, img: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    t0 = time.perf_counter()
+    data = codec.encode(img, quality)
+    t1 = time.perf_counter()
+    path.write_bytes(data)
+    t2 = time.perf_counter()
+    rec = codec.decode(path.read_bytes())
+    t3 = time.perf_counter()
+    return rec, {"bytes": path.stat().st_size, "lambda_bytes": 0, "encode_s": t1 - t0, "decode_s": t3 - t2}
+
+
+def evaluate_model_set(
+    model_dir: Path,
+    images: Path,
+    out: Path,
+    *,
+    fid_images: Path | None = None,
+    limit: int | None = None,
+    crop: int | None = None,
+    steps: int | None = None,
+    gammas: str | Sequence[float] | None = None,
+    progress: bool = True,
+    with_lpips: bool = True,
+    fid_limit: int | None = None,
+    seed: int = 0,
+    classic: Sequence[ClassicCodec] | None = None,
+    grid_rate: int = 0,
+    decode: bool = True,
+    systems: Sequence[str] | None = None,
+    on_point: Callable[[Point], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every rate point of ``model_dir`` (a package or a model set) against the baselines.
+
+    ``images``: test set (e.g. Kodak), ``limit`` first files, each centre-cropped to ``crop`` if given
+    (0 or None: full images).
+    ``fid_images``: FID/KID set (None: no FID), ``fid_limit`` first files, never cropped (images under
+    256 px are skipped). ``gammas``: extra CorrDiff strengths, a sequence or a string such as
+    ``"0.5,1.0"`` (None: 0.25/0.5/0.75 when the set has fewer than 4 rate points, else none; a γ equal
+    to the model's own is skipped — that is the ``corrdiff`` system). ``classic``: the Pillow baselines (None: JPEG, WebP, AVIF
+    where available). ``decode=False`` takes pdc reconstructions from the encoder's simulation instead
+    of decoding the written files (identical by construction; faster). ``systems`` restricts the
+    learned systems to these keys (corrdiff, diffusion, e2e, codec, corrdiff-g<γ>).
+
+    Output layout in ``out`` (replaced as a whole): ``systems/<system>.json`` (CompressAI schema),
+    ``rd.csv``, ``plots/<system>.csv`` (DVC plot data), ``rd_*.png``, ``dp_curve.png``, ``crops.png``,
+    ``bd_rate.json``, ``metrics.json`` (compact: system → point → metric, and the BD-rates; for
+    ``dvc metrics``), ``summary.json`` (everything, per image), ``streams/`` (every coded file) and
+    ``streams_fid/``.
+
+    Returns the summary (also written as ``summary.json``) with ``files`` (alias ``outputs``): every
+    output file except the coded streams, whose folder is ``streams_dir``.
+    """
+    from pdc.models.package import load_package, rate_packages, read_metadata
+
+    t_start = time.perf_counter()
+    model_dir, images, out = Path(model_dir), Path(images), Path(out)
+    members = rate_packages(model_dir)
+    gammas = parse_gammas(gammas)
+    if gammas is None:
+        gammas = default_gammas(len(members))
+    if crop is not None and crop < 0:
+        raise PdcError(f"crop must be ≥ 0 (0 = full images), got {crop}")
+    crop = crop or None
+    test_paths = list_images(images, "test images")[: limit or None]
+    fid_paths = list_images(fid_images, "FID images")[: fid_limit or None] if fid_images is not None else []
+    codecs = list(classic_codecs() if classic is None else classic)
+    _check_out(out)
+
+    test = [_center_crop(read_image(p), crop) for p in test_paths]
+    names = _stems(test_paths)
+    fid_set = _FidSet(fid_paths) if fid_paths else None
+    if fid_set is not None and len(fid_set.images) == 0:
+        raise DataError(f"{fid_images}: no image is at least {PATCH}×{PATCH} px (needed for FID patches)")
+    fid_names = _stems([Path(n) for n, _ in fid_set.images]) if fid_set else []
+    metric = _Metrics(with_lpips)
+
+    # A γ equal to the model's own is the plain "corrdiff" system already: do not code it twice.
+    own = (read_metadata(members[0]).get("config") or {}).get("correction", {}).get("gamma", 1.0)
+    skipped = tuple(g for g in gammas if abs(g - float(own)) < 1e-9)
+    gammas = tuple(g for g in gammas if g not in skipped)
+    learned = learned_systems(gammas)
+    if systems is not None:
+        unknown = set(systems) - {s.key for s in learned}
+        if unknown:
+            raise PdcError(f"unknown learned system(s) {sorted(unknown)} (have: {[s.key for s in learned]})")
+        learned = [s for s in learned if s.key in systems]
+    classic_sys = classic_systems(codecs)
+    n_points = len(members) * len(learned) + sum(len(c.qualities) for c in codecs)
+    n_fid = len(fid_set.images) if fid_set else 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_points * (len(test) + n_fid), desc="evaluate", unit="code",
+               disable=not progress or os.environ.get("PDC_NO_PROGRESS") == "1")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        points: list[Point] = []
+        grid: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
+        rate_info = []
+
+        def finish(point: Point, fid_recs: list[np.ndarray]) -> None:
+            if fid_set is not None:
+                point.fid, point.kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
+            points.append(point)
+            if on_point is not None:
+                on_point(point)
+
+        for r, member in enumerate(members):
+            meta = read_metadata(member)
+            model = load_package(member)
+            label = f"r{r}"
+            rate_info.append({"label": label, "package": str(member), "hash": meta["hash"],
+                              "lambda_rd": meta.get("rate_point"), "config": meta.get("config")})
+            _check_single_lambda(model, steps, member)
+            for system in learned:
+                uses_diffusion = system.mode.uses_diffusion
+                k = (steps or model.config.diffusion.steps) if uses_diffusion else None
+                gamma = (model.config.correction.gamma if system.gamma is None else system.gamma) \
+                    if system.mode.name == "CORRDIFF" else None
+                point = Point(system, label, rate_index=r, gamma=gamma, steps=k)
+                folder = tmp / "streams" / system.key / label
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, (name, img) in enumerate(zip(names, test)):
+                    x = uint8_to_tensor(img)
+                    rec, info = _code_learned(model, system, x, folder / f"{name}.pdc", steps=steps, seed=seed,
+                                              decode=decode)
+                    h, w = img.shape[:2]
+                    row = {"image": name, "height": h, "width": w, "bpp": 8.0 * info["bytes"] / (h * w), **info,
+                           **metric(rec, x)}
+                    point.images.append(row)
+                    if i == 0 and r == grid_rate:
+                        grid[(system.key, label)] = (tensor_to_uint8(rec), row["bpp"])
+                    bar.update(1)
+                fid_recs = []
+                if fid_set is not None:
+                    ffolder = tmp / "streams_fid" / system.key / label
+                    ffolder.mkdir(parents=True, exist_ok=True)
+                    for name, img in zip(fid_names, (im for _, im in fid_set.images)):
+                        rec, _ = _code_learned(model, system, uint8_to_tensor(img), ffolder / f"{name}.pdc",
+                                               steps=steps, seed=seed, decode=decode)
+                        fid_recs.append(tensor_to_uint8(rec))
+                        bar.update(1)
+                finish(point, fid_recs)
+            del model
+
+        for system in classic_sys:
+            codec = system.codec
+            for q in codec.qualities:
+                label = f"q{q}"
+                point = Point(system, label, quality=q)
+                folder = tmp / "streams" / system.key / label
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, (name, img) in enumerate(zip(names, test)):
+                    rec8, info = _code_classic(codec, q, img, folder / f"{name}.{codec.ext}")
+                    h, w = img.shape[:2]
+                    row = {"image": name, "height": h, "width": w, "bpp": 8.0 * info["bytes"] / (h * w), **info,
+                           **metric(uint8_to_tensor(rec8), uint8_to_tensor(img))}
+                    point.images.append(row)
+                    if i == 0:
+                        grid[(system.key, label)] = (rec8, row["bpp"])
+                    bar.update(1)
+                fid_recs = []
+                if fid_set is not None:
+                    ffolder = tmp / "streams_fid" / system.key / label
+                    ffolder.mkdir(parents=True, exist_ok=True)
+                    for name, img in zip(fid_names, (im for _, im in fid_set.images)):
+                        rec8, _ = _code_classic(codec, q, img, ffolder / f"{name}.{codec.ext}")
+                        fid_recs.append(rec8)
+                        bar.update(1)
+                finish(point, fid_recs)
+        bar.close()
+
+        summary = _write_outputs(
+            tmp, points, grid, names, test,
+            context={
+                "format": FORMAT,
+                "model": str(model_dir),
+                "rate_points": rate_info,
+                "images": {"folder": str(images), "count": len(test), "files": names, "crop": crop},
+                "fid_images": None if fid_set is None else {
+                    "folder": str(fid_images), "count": len(fid_set.images), "skipped_under_256px": fid_set.skipped,
+                    "protocol": "InceptionV3 pool features of 256×256 patches: aligned grid + grid shifted by 128 px",
+                },
+                "steps": steps,
+                "gammas": list(gammas),
+                "gammas_skipped_as_model_default": list(skipped),
+                "seed": seed,
+                "lpips": with_lpips,
+                "decoded_from_files": decode,
+                "classic": {c.key: {"format": c.pil_format, "qualities": list(c.qualities), "options": c.options}
+                            for c in codecs},
+            },
+            grid_rate=grid_rate,
+            t_start=t_start,
+        )
+        (tmp / MARKER).write_text(FORMAT + "\n")
+        files = [out / Path(f).relative_to(tmp) for f in summary.pop("_files")]
+        summary["out"] = str(out)
+        summary["streams_dir"] = str(out / "streams")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary["files"] = [str(f) for f in files]
+    summary["outputs"] = summary["files"]
+    return summary
+
+
+def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str], test: list[np.ndarray], *,
+                   context: dict[str, Any], grid_rate: int, t_start: float) -> dict[str, Any]:
+    files: list[Path] = []
+    n, crop = context["images"]["count"], context["images"]["crop"]
+    what = f"{n} image(s) of {Path(context['images']['folder']).name}" + (f", centre crop {crop}px" if crop else "")
+    files += report.write_compressai_json(tmp, points, description=what)
+    rows = [p.row() for p in points]
+    report.write_csv(tmp / "rd.csv", rows)
+    files.append(tmp / "rd.csv")
+    files += report.write_plot_data(tmp, points)
+
+    for metric, fname in (("psnr", "rd_psnr.png"), ("ms_ssim", "rd_ms_ssim.png"), ("lpips", "rd_lpips.png"),
+                          ("fid", "rd_fid.png")):
+        fid = context["fid_images"]
+        title = f"bpp vs {report.METRIC_LABELS[metric]} — " + (
+            what if metric != "fid" else f"{fid['count'] if fid else 0} image(s) of {Path(fid['folder']).name if fid else ''}")
+        if report.rd_plot(tmp / fname, points, metric, title):
+            files.append(tmp / fname)
+
+    bd = report.bd_report(points)
+    report.dump_json(tmp / "bd_rate.json", bd)
+    files.append(tmp / "bd_rate.json")
+    if report.dp_plot(tmp / "dp_curve.png", bd["distortion_perception"],
+                      f"Distortion–perception (γ sweep) — {what}"):
+        files.append(tmp / "dp_curve.png")
+
+    grid_label = f"r{grid_rate}"
+    panels = [(f"original ({names[0]})", test[0])]
+    ref_bpp = grid.get(("corrdiff", grid_label), (None, None))[1]
+    for key in ("corrdiff", "diffusion", "e2e", "codec"):
+        if (key, grid_label) in grid:
+            img, b = grid[(key, grid_label)]
+            name = next(p.system.name for p in points if p.system.key == key)
+            panels.append((f"{name}\n{b:.3f} bpp", img))
+    for key in dict.fromkeys(p.system.key for p in points if p.system.kind == "classic"):
+        cands = [(lab, v) for (k, lab), v in grid.items() if k == key]
+        if not cands or ref_bpp is None:
+            continue
+        lab, (img, b) = min(cands, key=lambda c: abs(c[1][1] - ref_bpp))
+        name = next(p.system.name for p in points if p.system.key == key)
+        panels.append((f"{name} {lab}\n{b:.3f} bpp", img))
+    report.crop_grid(tmp / "crops.png", panels, f"Rate point {grid_label}, same centre crop of {names[0]}")
+    files.append(tmp / "crops.png")
+
+    metrics = {
+        "systems": {key: {p.label: {k: p.metrics()[k] for k in ("bpp", "psnr", "ms_ssim", "lpips", "fid", "kid")}
+                          for p in pts} for key, pts in report.by_system(points).items()},
+        "bd_rate": {name: res["value"] for name, res in bd["comparisons"].items()},
+    }
+    report.dump_json(tmp / "metrics.json", metrics)
+    files.append(tmp / "metrics.json")
+
+    summary = {
+        **context,
+        "systems": {
+            key: {"name": pts[0].system.name, "kind": pts[0].system.kind, "description": pts[0].system.description,
+                  "points": [{"label": p.label, "gamma": p.gamma, "steps": p.steps, "quality": p.quality,
+                              "fid_note": p.fid_note, **p.metrics(), "per_image": p.images} for p in pts]}
+            for key, pts in report.by_system(points).items()
+        },
+        "rows": rows,
+        "bd_rate": bd,
+        "elapsed_s": time.perf_counter() - t_start,
+    }
+    files.append(tmp / "summary.json")
+    report.dump_json(tmp / "summary.json", summary)
+    summary["_files"] = files
+    return report.clean({k: v for k, v in summary.items() if k != "_files"}) | {"_files": files}

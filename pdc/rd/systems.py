@@ -1,0 +1,113 @@
+"""The systems ``pdc evaluate`` compares, and the per-point record of their measurements."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdc.bitstream import Mode
+from pdc.rd.classic import ClassicCodec
+
+#: Metrics averaged over the test images (per-image values, then the mean, as CompressAI does).
+IMAGE_METRICS = ("bpp", "psnr", "ms_ssim", "lpips")
+
+
+@dataclass(frozen=True)
+class System:
+    key: str  # file-safe id: corrdiff, diffusion, e2e, codec, corrdiff-g0.5, jpeg, webp, avif
+    name: str  # display name (JSON "name", plot legends)
+    description: str
+    kind: str  # "learned" (one point per rate point) or "classic" (one point per quality)
+    mode: Mode | None = None
+    gamma: float | None = None  # learned CorrDiff only: explicit γ (None = the model's own)
+    codec: ClassicCodec | None = None
+
+    @property
+    def ext(self) -> str:
+        return self.codec.ext if self.codec is not None else "pdc"
+
+
+def learned_systems(gammas: tuple[float, ...] = ()) -> list[System]:
+    """CorrDiff and the three baselines that come out of the same model, plus a CorrDiff per extra γ."""
+    out = [
+        System("corrdiff", "CorrDiff", "Diffusion decoder corrected per step towards the privileged decoder "
+               "(λ per step coded in the file; the model's γ)", "learned", Mode.CORRDIFF),
+        System("diffusion", "Diffusion (λ≡0)", "The same diffusion decoder without corrections (CDC-like baseline)",
+               "learned", Mode.DIFFUSION),
+        System("e2e", "E2E (privileged)", "The privileged end-to-end MSE decoder D_e on the same latent",
+               "learned", Mode.E2E),
+        System("codec", "Hyperprior g_s", "The hyperprior codec's own synthesis transform g_s on the same latent",
+               "learned", Mode.CODEC),
+    ]
+    for g in gammas:
+        out.append(System(f"corrdiff-g{g:g}", f"CorrDiff γ={g:g}",
+                          f"CorrDiff with correction strength γ={g:g} (distortion–perception knob)",
+                          "learned", Mode.CORRDIFF, gamma=float(g)))
+    return out
+
+
+def classic_systems(codecs: list[ClassicCodec]) -> list[System]:
+    return [System(c.key, c.name, f"{c.pil_format} encoded and decoded by Pillow, qualities {list(c.qualities)}",
+                   "classic", codec=c) for c in codecs]
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if v is not None]
+    if not vals or any(isinstance(v, float) and math.isnan(v) for v in vals):
+        return math.nan
+    return sum(vals) / len(vals)
+
+
+@dataclass
+class Point:
+    """One system at one operating point (a rate point of the model set, or a classic quality)."""
+
+    system: System
+    label: str  # "r0", "r1", … or "q10"
+    rate_index: int | None = None
+    quality: int | None = None
+    gamma: float | None = None  # the γ actually used (CorrDiff)
+    steps: int | None = None  # DDIM steps (diffusion-based modes)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    fid: float | None = None
+    kid: float | None = None
+    fid_patches: int = 0
+    fid_note: str | None = None
+
+    def mean(self, key: str) -> float:
+        return _mean([r.get(key) for r in self.images]) if self.images else math.nan
+
+    def metrics(self) -> dict[str, Any]:
+        total = sum(r["bytes"] for r in self.images)
+        lam = sum(r.get("lambda_bytes", 0) for r in self.images)
+        out: dict[str, Any] = {k: self.mean(k) for k in IMAGE_METRICS}
+        out.update(
+            fid=math.nan if self.fid is None else self.fid,
+            kid=math.nan if self.kid is None else self.kid,
+            bytes=total / len(self.images) if self.images else math.nan,
+            lambda_bytes=lam / len(self.images) if self.images else math.nan,
+            lambda_share=lam / total if total else math.nan,
+            encode_s=self.mean("encode_s"),
+            decode_s=self.mean("decode_s"),
+            images=len(self.images),
+            fid_patches=self.fid_patches,
+        )
+        diffs = [r["decode_max_abs_diff"] for r in self.images if "decode_max_abs_diff" in r]
+        if diffs:
+            out["decode_max_abs_diff"] = max(diffs)
+        return out
+
+    def row(self) -> dict[str, Any]:
+        """One CSV row: identification + the aggregated metrics."""
+        return {
+            "system": self.system.key,
+            "name": self.system.name,
+            "kind": self.system.kind,
+            "point": self.label,
+            "rate_index": self.rate_index,
+            "quality": self.quality,
+            "gamma": self.gamma,
+            "steps": self.steps,
+            **self.metrics(),
+        }
