@@ -246,8 +246,9 @@ class CorrectionFit(NamedTuple):
     report: dict[str, float]  # PSNR/LPIPS per variant, mean λ* per step, bits, gain per bit
 
 
-#: ε̃ choice: the variant with the lower LPIPS wins unless it costs more than this much PSNR.
-EPS_MODE_MAX_PSNR_DROP_DB = 1.0
+#: ε̃ choice: the variant with the lower LPIPS wins if it keeps at least this share of the other
+#: variant's PSNR gain over plain diffusion (the method must stay faithful, not only look good).
+EPS_MODE_MIN_GAIN_SHARE = 0.5
 
 
 def fit_correction(
@@ -261,8 +262,8 @@ def fit_correction(
 
     For each ε̃ variant ("network", "rederive") the encoder simulation runs on every image and the λ
     levels it picks are counted per step into rANS tables. Both variants cost the same few bits, so the
-    choice is on quality: the lower mean LPIPS wins unless its PSNR is more than
-    ``EPS_MODE_MAX_PSNR_DROP_DB`` below the other's (then the other wins). The report gives PSNR and
+    choice is on quality: the lower mean LPIPS wins if its PSNR gain over plain diffusion is at least
+    ``EPS_MODE_MIN_GAIN_SHARE`` of the other variant's (else the other wins). The report gives PSNR and
     LPIPS of each variant, of plain diffusion (λ ≡ 0) and of x_e, the λ bits per image under the
     fitted tables, the PSNR gain per λ bit and the mean λ* per corrected step.
     """
@@ -309,7 +310,8 @@ def fit_correction(
             fits[mode] = (per_step, stars)
             score(f"corrdiff_{mode}", outputs)
     a, b = sorted(("network", "rederive"), key=lambda m: report[f"lpips_corrdiff_{m}"])
-    best = a if report[f"psnr_corrdiff_{a}"] >= report[f"psnr_corrdiff_{b}"] - EPS_MODE_MAX_PSNR_DROP_DB else b
+    gain = {m: report[f"psnr_corrdiff_{m}"] - report["psnr_diffusion"] for m in (a, b)}
+    best = a if gain[a] >= EPS_MODE_MIN_GAIN_SHARE * gain[b] else b
     per_step, stars = fits[best]
     coded_tables = fit_tables(per_step, ccfg.levels)
     tables = torch.full((k, ccfg.levels), 1.0 / ccfg.levels)
