@@ -1,0 +1,70 @@
+"""Training stages as functions: they learn, and the correction fit produces usable tables."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from pdc.config import StageTrainConfig
+from pdc.models.package import init_model
+from pdc.train import apply_correction_fit, fit_correction, train_codec, train_diffusion
+
+from tests.models.conftest import micro_config
+
+
+def _batches(seed: int = 0, n: int = 4):
+    """A fixed pool of natural crops (so the loss can go down), cycled forever."""
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut().copy()).permute(2, 0, 1).float().div(255)
+    g = torch.Generator().manual_seed(seed)
+    crops = []
+    for _ in range(n):
+        i, j = (int(v) for v in torch.randint(0, 512 - 64, (2,), generator=g))
+        crops.append(img[:, i : i + 64, j : j + 64])
+    pool = [torch.stack(crops[k : k + 2]) for k in range(0, n, 2)]
+    return itertools.cycle(pool)
+
+
+def test_codec_training_lowers_the_rd_loss():
+    model = init_model(micro_config(), seed=0)
+    res = train_codec(model, 0.01, _batches(), StageTrainConfig(steps=40, batch_size=2, crop=64, lr=3e-3))
+    assert res.steps == 40 and len(res.history) == 40
+    assert sum(res.history[-5:]) / 5 < 0.8 * sum(res.history[:5]) / 5
+
+
+def test_diffusion_training_lowers_the_denoising_loss():
+    model = init_model(micro_config(), seed=0)
+    res = train_diffusion(model, _batches(), StageTrainConfig(steps=40, batch_size=2, crop=64, lr=3e-3))
+    assert sum(res.history[-10:]) / 10 < sum(res.history[:10]) / 10
+
+
+def test_fit_correction_produces_tables_and_a_choice():
+    model = init_model(micro_config(correct_steps=[0, 1]), seed=0)
+    images = [b[:1] for b in itertools.islice(_batches(1), 2)]
+    fit = fit_correction(model, images)
+    k, levels = model.config.diffusion.steps, model.config.correction.levels
+    assert fit.tables.shape == (k, levels)
+    torch.testing.assert_close(fit.tables.sum(1), torch.ones(k))
+    assert fit.eps_mode in ("network", "rederive")
+    assert {"psnr_diffusion", "lpips_e2e", "lambda_bits_per_image", "lambda_star_mean_step1"} <= set(fit.report)
+    assert "lambda_star_mean_step2" not in fit.report  # step 2 carries no λ
+    fitted = apply_correction_fit(model, fit)
+    assert fitted.config.correction.eps_mode == fit.eps_mode
+    assert fitted.content_hash() != model.content_hash() or fit.eps_mode == model.config.correction.eps_mode
+    torch.testing.assert_close(fitted.tables, fit.tables)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_prediction_parameterisations_invert_the_forward_process(kind):
+    from pdc.models.diffusion import split_prediction, training_target
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    a = torch.tensor(0.3)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    x0_hat, eps_hat = split_prediction(kind, training_target(kind, x0, noise, a), x_t, a)
+    torch.testing.assert_close(x0_hat, x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(eps_hat, noise, atol=1e-5, rtol=1e-5)
