@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from pdc.config import load_params
-from pdc.imageio import atomic_write_bytes
+from pdc.fsutil import atomic_write_bytes
 from pdc.tracking import log_pipeline, tracking_uri
 
 

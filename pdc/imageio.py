@@ -14,7 +14,6 @@ Every image that enters pdc goes through :func:`read_image`, which returns 8-bit
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pdc.errors import ImageError
+from pdc.fsutil import atomic_write_bytes
 
 #: Default ceiling on width × height (≈ 8K × 8K); larger files are refused before decoding.
 MAX_PIXELS = 64_000_000
@@ -90,22 +90,6 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     if arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - _to_rgb8 guarantees this
         raise ImageError(p, f"unexpected decoded shape {arr.shape}")
     return arr
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_png(image: np.ndarray) -> bytes:

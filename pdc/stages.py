@@ -18,7 +18,7 @@ from typing import Any
 
 from pdc.config import Params
 from pdc.errors import ConfigError
-from pdc.imageio import atomic_write_bytes
+from pdc.fsutil import atomic_write_bytes
 from pdc.train import MetricLogger, StageResult
 
 STAGES = ("codec", "diffusion", "privileged", "correction")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdc.config import StageTrainConfig
+from pdc.fsutil import atomic_torch_save
 from pdc.metrics import psnr
 from pdc.models.codec import quantized_latent
 from pdc.models.diffusion import training_target
@@ -64,18 +64,6 @@ def _part_hash(module: nn.Module) -> str:
     return state_digest(module.state_dict())[:16]
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _run(
     stage: str,
     modules: dict[str, nn.Module],
@@ -113,7 +101,7 @@ def _run(
         bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
         bar.update(1)
         if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _atomic_save(
+            atomic_torch_save(
                 {
                     "step": step,
                     "modules": {n: m.state_dict() for n, m in modules.items()},

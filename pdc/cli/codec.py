@@ -70,7 +70,8 @@ def compress(
 ) -> None:
     """Compress one image into a versioned .pdc stream."""
     from pdc.codec import compress as run
-    from pdc.imageio import atomic_write_bytes, read_image, write_image
+    from pdc.fsutil import atomic_write_bytes
+    from pdc.imageio import read_image, write_image
     from pdc.metrics import bpp
 
     img = read_image(image)
@@ -128,7 +129,7 @@ def evaluate(
     from rich.table import Table
 
     from pdc.evaluate import evaluate_images, list_images
-    from pdc.imageio import atomic_write_bytes
+    from pdc.fsutil import atomic_write_bytes
 
     if not images.is_dir():
         raise PdcError(f"{images}: not a folder of images")

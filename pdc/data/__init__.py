@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pdc.data._fs import tree_hash
+from pdc.fsutil import tree_hash
 from pdc.data.corpus import DEFAULT_CORPUS, init_default_corpus
 from pdc.data.fetch import DATASETS, FetchResult, fetch_dataset
 from pdc.data.shards import build_shards, read_manifest, split_of, verify_shards

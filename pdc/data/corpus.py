@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from pdc.data._fs import staging_dir, write_file
+from pdc.fsutil import staging_dir, write_file
 from pdc.errors import DataError, ImageError
 from pdc.imageio import encode_png, read_image
 

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pdc.data._fs import sha256_file, staging_dir, write_file
+from pdc.fsutil import sha256_file, staging_dir, write_file
 from pdc.data.validate import DEFAULT_MIN_SIZE, Report, import_folder
 from pdc.errors import DataError
-from pdc.imageio import atomic_write_bytes
+from pdc.fsutil import atomic_write_bytes
 
 KODAK_URL = "http://r0k.us/graphics/kodak/kodak/"
 #: SHA-256 of the 24 Kodak PNG files as served at :data:`KODAK_URL`.

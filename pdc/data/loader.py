@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pdc.data._fs import list_files
+from pdc.fsutil import list_files
 from pdc.data.shards import DEFAULT_VAL_FRACTION, MANIFEST, read_manifest, split_of
 from pdc.errors import DataError
 from pdc.imageio import _to_rgb8, read_image

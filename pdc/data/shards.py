@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from pdc import __version__
-from pdc.data._fs import list_files, sha256_file, staging_dir, tree_hash, write_file
+from pdc.fsutil import list_files, sha256_file, staging_dir, tree_hash, write_file
 from pdc.data.validate import DEFAULT_MIN_SIZE, inspect_file
 from pdc.errors import DataError
 from pdc.imageio import MAX_PIXELS, encode_png

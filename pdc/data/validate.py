@@ -25,9 +25,10 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from pdc.data._fs import list_files, staging_dir, write_file
+from pdc.fsutil import list_files, staging_dir, write_file
 from pdc.errors import DataError, ImageError
-from pdc.imageio import MAX_PIXELS, atomic_write_bytes, encode_png, read_image
+from pdc.fsutil import atomic_write_bytes
+from pdc.imageio import MAX_PIXELS, encode_png, read_image
 
 #: Formats accepted for import (Pillow format names); MPO is the multi-picture JPEG some cameras write.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF")

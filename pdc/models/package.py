@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from torch import nn
 from pdc import __version__
 from pdc.config import ModelConfig, parse_model_config
 from pdc.errors import ModelPackageError
+from pdc.fsutil import staging_dir
 from pdc.models.codec import build_codec
 from pdc.models.correction import uniform_tables
 from pdc.models.diffusion import ConditionalDenoiser, build_scheduler
@@ -112,30 +112,16 @@ def save_package(model: CorrDiffModel, path: str | os.PathLike[str], extra: dict
     """Write the package directory atomically (temp dir + rename); returns the content hash."""
     model.codec.update(force=True)  # entropy-coder CDFs must be current before they are frozen
     model.invalidate_hash()
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    meta = {
+        "format": FORMAT,
+        "hash": model.content_hash(),
+        "config": model.config.model_dump(mode="json"),
+        "versions": _versions(),
+        **(extra or {}),
+    }
+    with staging_dir(Path(path)) as tmp:
         torch.save(model.state_parts(), tmp / "weights.pt")
-        meta = {
-            "format": FORMAT,
-            "hash": model.content_hash(),
-            "config": model.config.model_dump(mode="json"),
-            "versions": _versions(),
-            **(extra or {}),
-        }
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta["hash"]
 
 
@@ -195,10 +181,7 @@ def write_model_set(dest: str | os.PathLike[str], packages: list[str | os.PathLi
     Layout: ``index.json`` (rate points, bpp-ordered names, hashes) and one package per rate point
     (``r0/``, ``r1/``, …). Written atomically like a package.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staging_dir(Path(dest)) as tmp:
         entries = []
         for i, src in enumerate(packages):
             meta = read_metadata(src)
@@ -206,12 +189,6 @@ def write_model_set(dest: str | os.PathLike[str], packages: list[str | os.PathLi
             entries.append({"name": f"r{i}", "hash": meta["hash"], "rate_point": meta.get("rate_point")})
         index = {"format": SET_FORMAT, "packages": entries}
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 

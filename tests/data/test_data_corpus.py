@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pdc.data._fs import tree_hash
+from pdc.fsutil import tree_hash
 from pdc.data.corpus import DEFAULT_CORPUS, init_default_corpus
 
 

@@ -1,7 +1,8 @@
-"""Atomic outputs: folders are built in a hidden staging folder next to the target, then renamed.
+"""Atomic outputs and file hashing: the one implementation every pdc writer uses.
 
-A crash (or an exception) leaves either the old folder or the new one, never a half-written one.  The
-staging folder is removed on any exception; only a hard kill can leave a hidden ``.NAME.*.tmp`` folder
+Files are written to a temp file in the target's folder and renamed over it; folders are built in a
+hidden staging folder next to the target, then renamed. A crash (or an exception) leaves either the old
+output or the new one, never a half-written one. Only a hard kill can leave a hidden ``.NAME.*`` temp
 behind, which every pdc listing ignores (hidden names are skipped).
 """
 
@@ -11,9 +12,43 @@ import hashlib
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` through a temp file and a rename (checkpoints, converted weights)."""
+    import torch
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -56,9 +91,9 @@ def write_file(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
+def sha256_file(path: Path, chunk: int = 1 << 20, algo: str = "sha256") -> str:
+    """Hex digest (SHA-256 unless ``algo`` says otherwise) of a file's bytes."""
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
