@@ -64,12 +64,21 @@ def _cdfs(tables: torch.Tensor) -> tuple[list[list[int]], list[int], list[int]]:
     return cdfs, [len(c) for c in cdfs], [0] * len(cdfs)
 
 
+def _pad_single(levels: list[int], tables: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    # CompressAI's RansEncoder corrupts its heap ("double free") when given exactly one symbol; both
+    # sides code a second, constant symbol in that case (a fraction of a bit under the same table).
+    if len(tables) == 1:
+        return levels + [0], tables.repeat(2, 1)
+    return levels, tables
+
+
 def encode_levels(levels: list[int], tables: torch.Tensor) -> bytes:
     """rANS-code one level per coded step (``levels[i]`` under ``tables[i]``)."""
     if len(levels) != len(tables):
         raise ValueError(f"{len(levels)} levels for {len(tables)} tables")
     if not levels:
         return b""
+    levels, tables = _pad_single(list(levels), tables)
     cdfs, lengths, offsets = _cdfs(tables)
     return RansEncoder().encode_with_indexes(levels, list(range(len(levels))), cdfs, lengths, offsets)
 
@@ -82,10 +91,12 @@ def decode_levels(data: bytes, tables: torch.Tensor) -> list[int]:
         return []
     if len(data) < 4:
         raise BitstreamError(f"λ section too short ({len(data)} bytes)")
+    n_coded = len(tables)
+    _, tables = _pad_single([], tables)
     cdfs, lengths, offsets = _cdfs(tables)
     padded = data + bytes(4 * len(tables) + 64)  # see pdc.models.codec.guard_padding
     out = RansDecoder().decode_with_indexes(padded, list(range(len(tables))), cdfs, lengths, offsets)
     n_levels = tables.shape[1]
     if any(q < 0 or q >= n_levels for q in out):
         raise BitstreamError("λ section decodes to out-of-range levels (corrupted stream)")
-    return list(out)
+    return list(out)[:n_coded]

@@ -44,6 +44,18 @@ def test_fid_and_kid_are_zero_for_identical_sets_and_grow_with_shift():
     assert kid_from_features(a, shifted, subsets=10, subset_size=100) > 0.5
 
 
+@pytest.mark.parametrize(("n", "m", "d"), [(40, 60, 128), (300, 250, 16)])
+def test_fid_matches_the_sqrtm_definition(n, m, d):
+    """Both code paths (few patches: SVD identity; many: sqrtm) equal the textbook formula."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(n, d)), rng.normal(loc=0.3, scale=1.2, size=(m, d))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert fid_from_features(a, b) == pytest.approx(ref, rel=1e-6)
+
+
 @pytest.mark.slow
 def test_inception_fid_of_kodak_with_itself_is_zero(kodak):
     from pdc.metrics.perceptual import fid_kid

@@ -52,6 +52,13 @@ def test_levels_round_trip_under_fitted_tables():
     assert len(encode_levels([0, 5, 15] * 1, tables)) <= len(encode_levels([9, 12, 3], tables))
 
 
+@pytest.mark.parametrize("levels", [[0], [7], [15]])
+def test_a_single_coded_step_round_trips(levels):
+    """CompressAI's rANS encoder corrupts memory on a one-symbol message; we must not send it one."""
+    t = uniform_tables(1, 16)
+    assert decode_levels(encode_levels(levels, t), t) == levels
+
+
 def test_uniform_tables_round_trip():
     t = uniform_tables(6, 16)
     levels = [0, 15, 7, 8, 3, 1]
