@@ -1,7 +1,8 @@
 """The pipeline's stages on files: what ``pdc train …``, ``dvc repro`` and the Prefect/Ray flow run.
 
-Each stage reads its inputs from paths, trains or fits one part, and writes a model package plus a
-metrics JSON (final metrics and the per-step loss history), both atomically. The same call from the
+Each stage reads its inputs from paths, trains or fits one part, and writes a model package, a metrics
+JSON (final values, what ``dvc metrics show`` lists) and, for training stages, the per-step loss as
+``<metrics>_loss.csv`` beside it (what ``dvc plots show`` draws), all atomically. The same call from the
 CLI, a DVC stage or a Ray task therefore gives the same result.
 
 ::
@@ -30,9 +31,28 @@ def _batches(data: Path, cfg, seed_offset: int = 0):
     return iter(make_loader(data, cfg.crop, cfg.batch_size, seed=cfg.seed + seed_offset))
 
 
+def loss_history_path(metrics: Path) -> Path:
+    """Where the per-step loss of a stage lives, next to its metrics file."""
+    return metrics.with_name(f"{metrics.stem}_loss.csv")
+
+
 def write_metrics(path: Path | None, metrics: dict[str, Any]) -> None:
-    if path is not None:
-        atomic_write_bytes(path, (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
+    """Write the scalar metrics as JSON and a ``history`` list, if any, as a step,loss CSV."""
+    if path is None:
+        return
+    history = metrics.get("history")
+    scalars = {k: v for k, v in metrics.items() if k != "history"}
+    atomic_write_bytes(path, (json.dumps(scalars, indent=2, sort_keys=True) + "\n").encode())
+    if history is not None:
+        rows = "".join(f"{i},{v:.6g}\n" for i, v in enumerate(history, start=1))
+        atomic_write_bytes(loss_history_path(path), ("step,loss\n" + rows).encode())
+
+
+def read_loss_history(metrics: Path) -> list[float]:
+    f = loss_history_path(metrics)
+    if not f.is_file():
+        return []
+    return [float(line.split(",")[1]) for line in f.read_text().splitlines()[1:] if line]
 
 
 def _result_metrics(stage: str, res: StageResult) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 from pdc.config import Params, PromotionConfig
 from pdc.errors import ModelPackageError
 from pdc.promotion import Decision, RDPoint, decide
+from pdc.stages import read_loss_history
 
 CHAMPION = "champion"
 
@@ -112,8 +113,9 @@ def log_pipeline(
                     # "loss" is logged per step from the history; the rest are final values
                     mlflow.log_metrics({k: float(v) for k, v in m.items()
                                         if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "loss"})
-                    if m.get("history"):
-                        _log_history(client, child.info.run_id, "loss", m["history"])
+                    history = read_loss_history(f)
+                    if history:
+                        _log_history(client, child.info.run_id, "loss", history)
         for name, system in summary.get("systems", {}).items():
             for i, r in enumerate(system.get("points", [])):
                 mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in r.items()

@@ -1,0 +1,308 @@
+"""`pdc evaluate` end to end on a micro 2-rate-point model set: files, schema, bytes, plots, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pdc.rd.classic import ClassicCodec, classic_codecs
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LEARNED = ["corrdiff", "diffusion", "e2e", "codec", "corrdiff-g0.5"]
+COMPRESSAI_KEYS = ["bpp", "psnr-rgb", "ms-ssim-rgb", "lpips", "fid", "kid"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(model_set, tiny_images, tmp_path_factory):
+    """One `pdc evaluate` run through the real CLI app (in-process): 2 crops, no FID, γ ∈ {0.5, 1}.
+
+    γ = 1 is the micro model's own strength, so only ``corrdiff-g0.5`` is added beside ``corrdiff``.
+    """
+    from typer.testing import CliRunner
+
+    from pdc.cli.main import app
+
+    out = tmp_path_factory.mktemp("eval") / "eval"
+    args = ["evaluate", "--model", str(model_set), "--images", str(tiny_images), "--out", str(out),
+            "--crop", "64", "--limit", "2", "--no-fid", "--gammas", "0.5,1"]
+    result = CliRunner().invoke(app, args, env={"PDC_NO_PROGRESS": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, result.output
+
+
+def _expected_points() -> dict[str, int]:
+    exp = {k: 2 for k in LEARNED}
+    exp.update({c.key: len(c.qualities) for c in classic_codecs()})
+    return exp
+
+
+def test_cli_prints_table_and_elapsed(cli_run):
+    out, text = cli_run
+    assert "elapsed" in text
+    for key in ("corrdiff", "diffusion", "e2e", "codec", "jpeg", "webp"):
+        assert key in text
+    assert (out / "summary.json").is_file()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # staging folder renamed away
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["gammas"] == [0.5] and summary["gammas_skipped_as_model_default"] == [1.0]
+
+
+def test_compressai_schema(cli_run):
+    out, _ = cli_run
+    expected = _expected_points()
+    assert sorted(p.stem for p in (out / "systems").glob("*.json")) == sorted(expected)
+    for key, n in expected.items():
+        doc = json.loads((out / "systems" / f"{key}.json").read_text())
+        assert isinstance(doc["name"], str) and doc["name"] and isinstance(doc["description"], str)
+        res = doc["results"]
+        for k in COMPRESSAI_KEYS:
+            assert k in res, (key, k)
+        assert {len(v) for v in res.values()} == {n}, key
+        assert all(b > 0 for b in res["bpp"])
+        assert all(isinstance(v, float) for v in res["psnr-rgb"] + res["lpips"])
+        assert res["fid"] == [None] * n and res["ms-ssim-rgb"] == [None] * n  # --no-fid; 64-px crops
+
+
+def test_compressai_plot_tool_reads_our_json(cli_run):
+    from compressai.utils.plot.__main__ import parse_json_file
+
+    out, _ = cli_run
+    parsed = parse_json_file(out / "systems" / "jpeg.json", "psnr")
+    doc = json.loads((out / "systems" / "jpeg.json").read_text())
+    assert parsed["name"] == "JPEG (Pillow)"
+    assert list(parsed["xs"]) == doc["results"]["bpp"] and list(parsed["ys"]) == doc["results"]["psnr-rgb"]
+
+
+def test_csv_has_one_row_per_system_and_point(cli_run):
+    out, _ = cli_run
+    rows = list(csv.DictReader((out / "rd.csv").open()))
+    expected = _expected_points()
+    assert len(rows) == sum(expected.values())
+    for key, n in expected.items():
+        assert sum(r["system"] == key for r in rows) == n
+        plot_rows = list(csv.DictReader((out / "plots" / f"{key}.csv").open()))
+        assert len(plot_rows) == n
+        bpps = [float(r["bpp"]) for r in plot_rows]
+        assert bpps == sorted(bpps)
+
+
+def _per_image(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())["systems"]
+
+
+def test_classic_bpp_is_the_pillow_file_size(cli_run, tiny_images):
+    out, _ = cli_run
+    systems = _per_image(out)
+    codecs = {c.key: c for c in classic_codecs()}
+    checked = 0
+    for key, codec in codecs.items():
+        for point in systems[key]["points"]:
+            q = point["quality"]
+            for row in point["per_image"]:
+                f = out / "streams" / key / f"q{q}" / f"{row['image']}.{codec.ext}"
+                data = f.read_bytes()
+                pixels = row["height"] * row["width"]
+                assert row["bytes"] == len(data)
+                assert row["bpp"] == pytest.approx(len(data) * 8 / pixels, rel=1e-12)
+                # Re-encoding the same crop with the same settings gives the same byte count...
+                src = np.asarray(Image.open(tiny_images / f"{row['image']}.png").convert("RGB"))
+                h, w = src.shape[:2]
+                top, left = (h - 64) // 2, (w - 64) // 2
+                assert len(codec.encode(np.ascontiguousarray(src[top:top + 64, left:left + 64]), q)) == len(data)
+                # ... and the file really is that codec's format.
+                assert Image.open(io.BytesIO(data)).format == codec.pil_format
+                checked += 1
+            assert point["bpp"] == pytest.approx(np.mean([r["bpp"] for r in point["per_image"]]))
+    assert checked == 2 * sum(len(c.qualities) for c in codecs.values())
+
+
+def test_learned_bpp_is_the_pdc_file_size_and_decodes(cli_run):
+    from pdc.bitstream import Mode, parse
+
+    out, _ = cli_run
+    systems = _per_image(out)
+    for key in LEARNED:
+        for point in systems[key]["points"]:
+            for row in point["per_image"]:
+                data = (out / "streams" / key / point["label"] / f"{row['image']}.pdc").read_bytes()
+                assert row["bpp"] == pytest.approx(len(data) * 8 / (row["height"] * row["width"]), rel=1e-12)
+                stream = parse(data)
+                assert stream.width == 64 and stream.height == 64
+                assert (stream.mode == Mode.CORRDIFF) == key.startswith("corrdiff")
+                assert row["decode_max_abs_diff"] <= 1e-5  # decoder reproduces the encoder's simulation
+    gammas = {p["label"]: p["gamma"] for p in systems["corrdiff-g0.5"]["points"]}
+    assert gammas == {"r0": 0.5, "r1": 0.5}
+
+
+def test_plots_are_png_files(cli_run):
+    out, _ = cli_run
+    for name in ("rd_psnr.png", "rd_lpips.png", "dp_curve.png", "crops.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width > 100 and img.height > 100
+    assert not (out / "rd_fid.png").exists()  # --no-fid: no empty FID plot
+    assert not (out / "rd_ms_ssim.png").exists()  # 64-px crops: MS-SSIM undefined
+
+
+def test_bd_rate_json_reports_value_or_reason(cli_run):
+    out, _ = cli_run
+    bd = json.loads((out / "bd_rate.json").read_text())
+    comps = bd["comparisons"]
+    assert {"corrdiff_vs_diffusion_psnr", "corrdiff_vs_e2e_lpips", "corrdiff_gamma_front_vs_diffusion_psnr",
+            "corrdiff_gamma_front_vs_e2e_lpips"} <= set(comps)
+    for res in comps.values():
+        assert (res["value"] is None) != (res["reason"] is None)
+        assert len(res["curves"]["anchor"]) == 2
+    dp = bd["distortion_perception"]
+    assert set(dp) == {"r0", "r1"}
+    assert [e["tag"] for e in dp["r0"]] == ["diffusion", "γ=0.5", "γ=1", "e2e"]
+
+
+def test_rerun_replaces_its_own_folder_even_when_dvc_removed_outputs(lib_run, model_set, tiny_images, tmp_path):
+    import shutil
+
+    from pdc.rd import evaluate_model_set
+
+    out = tmp_path / "eval"
+    shutil.copytree(lib_run[0], out)
+    (out / "summary.json").unlink()  # `dvc repro` deletes declared outputs before re-running a stage
+    shutil.rmtree(out / "systems")
+    res = evaluate_model_set(model_set, tiny_images, out, limit=1, crop=64, gammas=(), progress=False,
+                             with_lpips=False, classic=[], systems=("e2e",))
+    assert sorted(p.name for p in (out / "systems").iterdir()) == ["e2e.json"]
+    assert not (out / "rd_fid.png").exists()  # the old run's files are gone, not mixed in
+    assert len(res["rows"]) == 2
+
+
+def test_refuses_to_replace_a_foreign_folder(model_set, tiny_images, tmp_path):
+    from pdc.errors import PdcError
+    from pdc.rd import evaluate_model_set
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(PdcError, match="not empty"):
+        evaluate_model_set(model_set, tiny_images, out, limit=1, crop=64, progress=False)
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_cli_user_error_is_one_line(tmp_path, capsys):
+    from pdc.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--model", str(tmp_path / "missing"), "--images", str(tmp_path), "--no-fid"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such model package" in err[0]
+
+
+def test_gammas_option_parsing():
+    from pdc.errors import PdcError
+    from pdc.rd import parse_gammas
+
+    assert parse_gammas(None) is None
+    assert parse_gammas("none") == ()
+    assert parse_gammas("0.25, 0.5") == (0.25, 0.5)
+    assert parse_gammas([0.5, 1]) == (0.5, 1.0)
+    with pytest.raises(PdcError):
+        parse_gammas("1.5")
+    with pytest.raises(PdcError):
+        parse_gammas("a,b")
+
+
+def _fast_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact FID for few samples: tr √(Σa Σb) = ‖A Bᵀ‖_* / √((n−1)(m−1)) with centred features A, B.
+
+    Stands in for scipy's 2048×2048 ``sqrtm`` (minutes on 2 busy cores); the plumbing under test is the
+    same (patches → Inception features → one score per point).
+    """
+    A, B = a - a.mean(0), b - b.mean(0)
+    trace_sqrt = np.linalg.svd(A @ B.T, compute_uv=False).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+    tr = (A**2).sum() / (len(a) - 1) + (B**2).sum() / (len(b) - 1)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + tr - 2 * trace_sqrt)
+
+
+def test_fast_fid_matches_the_definition_in_low_dimension():
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(1.0, 2.0, size=(30, 6))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert _fast_fid(a, b) == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def lib_run(model_set, tiny_images, fid_images, tmp_path_factory):
+    """The library call with FID/KID on a 2-image patch set, two learned systems and two JPEG qualities."""
+    import pdc.metrics.perceptual as perceptual
+    from pdc.rd import evaluate_model_set
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(perceptual, "fid_from_features", _fast_fid)
+    try:
+        jpeg = ClassicCodec("jpeg", "JPEG (Pillow)", "JPEG", "jpg", (5, 60), {"optimize": True})
+        out = tmp_path_factory.mktemp("lib") / "ev"
+        res = evaluate_model_set(model_set, tiny_images, out, fid_images=fid_images, limit=1, crop=0, steps=2,
+                                 gammas=(), progress=False, with_lpips=False, classic=[jpeg],
+                                 systems=("corrdiff", "e2e"), decode=False)
+    finally:
+        mp.undo()
+    return out, res
+
+
+def test_summary_lists_output_files(lib_run):
+    out, res = lib_run
+    files = [Path(f) for f in res["files"]]
+    assert all(f.is_file() and out in f.parents for f in files)
+    assert {f.relative_to(out).as_posix() for f in files} >= {
+        "systems/corrdiff.json", "systems/e2e.json", "systems/jpeg.json", "plots/corrdiff.csv", "rd.csv",
+        "bd_rate.json", "crops.png", "summary.json", "rd_psnr.png", "rd_fid.png"}
+    assert res["outputs"] == res["files"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["systems"]) == {"corrdiff", "e2e", "jpeg"}
+    assert metrics["systems"]["jpeg"]["q60"]["psnr"] == pytest.approx(
+        next(r["psnr"] for r in res["rows"] if r["point"] == "q60"))
+    assert set(metrics["bd_rate"]) == set(json.loads((out / "bd_rate.json").read_text())["comparisons"])
+    assert json.loads((out / "summary.json").read_text())["format"] == "pdc-rd/1"
+    assert len(res["rows"]) == 2 * 2 + 2
+    assert all(r["lpips"] is None for r in res["rows"])  # with_lpips=False
+    assert res["images"]["crop"] is None  # crop=0: full 80×72 images
+    row = res["systems"]["e2e"]["points"][0]["per_image"][0]
+    assert (row["height"], row["width"]) == (80, 72)
+
+
+def test_fid_and_kid_on_patches(lib_run):
+    out, res = lib_run
+    rows = res["rows"]
+    assert all(r["fid_patches"] == 2 for r in rows)  # one aligned 256² patch per image, no shifted one
+    assert all(isinstance(r["fid"], float) and r["fid"] >= -1e-6 for r in rows)
+    assert all(isinstance(r["kid"], float) for r in rows)
+    doc = json.loads((out / "systems" / "jpeg.json").read_text())
+    assert len(doc["results"]["fid"]) == 2 and None not in doc["results"]["fid"]
+    # JPEG q5 is further from the originals' patch distribution than q60.
+    assert doc["results"]["fid"][0] > doc["results"]["fid"][1]
+    assert (out / "rd_fid.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_single_corrected_step_is_refused_not_crashing(model_set, tiny_images, tmp_path):
+    from pdc.errors import PdcError
+    from pdc.rd import evaluate_model_set
+
+    with pytest.raises(PdcError, match="exactly one corrected step"):
+        evaluate_model_set(model_set, tiny_images, tmp_path / "ev", limit=1, crop=64, steps=1, progress=False)
+    assert not (tmp_path / "ev").exists() and not list(tmp_path.glob(".ev.*"))
+
+
+def test_undecoded_run_takes_the_encoder_simulation(lib_run):
+    _, res = lib_run
+    per_image = res["systems"]["corrdiff"]["points"][0]["per_image"]
+    assert all("decode_s" not in r and "decode_max_abs_diff" not in r for r in per_image)
+    assert all(len(r["levels"]) == 2 for r in per_image)  # K = 2 λ levels per image
