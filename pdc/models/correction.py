@@ -27,11 +27,12 @@ _TAIL = 1e-6
 
 def lambda_star(x0: torch.Tensor, x0_hat: torch.Tensor, x_e: torch.Tensor) -> float:
     """Least-squares weight pulling ``x0_hat`` towards ``x_e`` to best approximate ``x0``, in [0, 1]."""
-    d = (x_e - x0_hat).double()
-    denom = float(d.pow(2).sum())
+    d = x_e - x0_hat
+    # float32 products, float64 accumulation: no double-precision copies of full-size images
+    denom = float(torch.sum(d * d, dtype=torch.float64))
     if denom <= 1e-12:
         return 0.0
-    return min(1.0, max(0.0, float(((x0 - x0_hat).double() * d).sum()) / denom))
+    return min(1.0, max(0.0, float(torch.sum((x0 - x0_hat) * d, dtype=torch.float64)) / denom))
 
 
 def quantize(lam: float, levels: int) -> int:
