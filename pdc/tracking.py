@@ -192,7 +192,8 @@ def download_registered_model(uri: str) -> Path:
         client = mlflow.MlflowClient()
         name, _, ref = uri.removeprefix("models:/").partition("@")
         mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
-        dest = cache / mv.name / str(mv.version)
+        # keyed by run id too: version numbers repeat across tracking stores (a test DB, a new mlflow.db)
+        dest = cache / mv.name / f"{mv.version}-{mv.run_id}"
         local = dest / mv.source.rstrip("/").rsplit("/", 1)[-1]
         if not (local / "index.json").is_file():
             dest.mkdir(parents=True, exist_ok=True)
