@@ -33,7 +33,7 @@ import torch
 
 from pdc.errors import DataError, PdcError
 from pdc.imageio import read_image, tensor_to_uint8, uint8_to_tensor
-from pdc.metrics import MS_SSIM_MIN_SIDE, ms_ssim, psnr
+from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
 from pdc.rd.systems import Point, System, classic_systems, learned_systems
@@ -354,7 +354,7 @@ def evaluate_model_set(
                     rec, info = _code_learned(model, system, x, folder / f"{name}.pdc", steps=steps, seed=seed,
                                               decode=decode)
                     h, w = img.shape[:2]
-                    row = {"image": name, "height": h, "width": w, "bpp": 8.0 * info["bytes"] / (h * w), **info,
+                    row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
                            **metric(rec, x)}
                     point.images.append(row)
                     if i == 0 and r == grid_rate:
@@ -382,7 +382,7 @@ def evaluate_model_set(
                 for i, (name, img) in enumerate(zip(names, test)):
                     rec8, info = _code_classic(codec, q, img, folder / f"{name}.{codec.ext}")
                     h, w = img.shape[:2]
-                    row = {"image": name, "height": h, "width": w, "bpp": 8.0 * info["bytes"] / (h * w), **info,
+                    row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
                            **metric(uint8_to_tensor(rec8), uint8_to_tensor(img))}
                     point.images.append(row)
                     if i == 0:
