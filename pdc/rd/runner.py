@@ -194,17 +194,6 @@ class _FidSet:
         return fid_from_features(self.reference, rec), kid_from_features(self.reference, rec), len(rec), None
 
 
-def _check_single_lambda(model, steps: int | None, member: Path) -> None:
-    """Refuse K with exactly one coded λ: CompressAI's rANS encoder overruns its buffer on a single
-    symbol and aborts the process (``encode_levels([q], tables_of_one_step)``), so fail cleanly first."""
-    from pdc.models.sampler import correctable_steps
-
-    k = steps or model.config.diffusion.steps
-    if len(correctable_steps(model.config.correction, k)) == 1:
-        raise PdcError(f"{member}: K={k} leaves exactly one corrected step; a single λ symbol crashes the rANS "
-                       "coder (pdc.models.correction.encode_levels) — use --steps ≥ 2")
-
-
 def _code_learned(model, system: System, x: torch.Tensor, path: Path, *, steps: int | None, seed: int,
                   decode: bool) -> tuple[torch.Tensor, dict[str, Any]]:
     from pdc.codec import compress, decompress
@@ -327,6 +316,13 @@ def evaluate_model_set(
         grid: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
         rate_info = []
 
+        def add_row(point: Point, name: str, img: np.ndarray, info: dict[str, Any], rec: torch.Tensor,
+                    x: torch.Tensor) -> dict[str, Any]:
+            h, w = img.shape[:2]
+            row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info, **metric(rec, x)}
+            point.images.append(row)
+            return row
+
         def finish(point: Point, fid_recs: list[np.ndarray]) -> None:
             if fid_set is not None:
                 point.fid, point.kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
@@ -340,7 +336,6 @@ def evaluate_model_set(
             label = f"r{r}"
             rate_info.append({"label": label, "package": str(member), "hash": meta["hash"],
                               "lambda_rd": meta.get("rate_point"), "config": meta.get("config")})
-            _check_single_lambda(model, steps, member)
             for system in learned:
                 uses_diffusion = system.mode.uses_diffusion
                 k = (steps or model.config.diffusion.steps) if uses_diffusion else None
@@ -353,10 +348,7 @@ def evaluate_model_set(
                     x = uint8_to_tensor(img)
                     rec, info = _code_learned(model, system, x, folder / f"{name}.pdc", steps=steps, seed=seed,
                                               decode=decode)
-                    h, w = img.shape[:2]
-                    row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
-                           **metric(rec, x)}
-                    point.images.append(row)
+                    row = add_row(point, name, img, info, rec, x)
                     if i == 0 and r == grid_rate:
                         grid[(system.key, label)] = (tensor_to_uint8(rec), row["bpp"])
                     bar.update(1)
@@ -381,10 +373,7 @@ def evaluate_model_set(
                 folder.mkdir(parents=True, exist_ok=True)
                 for i, (name, img) in enumerate(zip(names, test)):
                     rec8, info = _code_classic(codec, q, img, folder / f"{name}.{codec.ext}")
-                    h, w = img.shape[:2]
-                    row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
-                           **metric(uint8_to_tensor(rec8), uint8_to_tensor(img))}
-                    point.images.append(row)
+                    row = add_row(point, name, img, info, uint8_to_tensor(rec8), uint8_to_tensor(img))
                     if i == 0:
                         grid[(system.key, label)] = (rec8, row["bpp"])
                     bar.update(1)

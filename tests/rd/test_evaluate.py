@@ -292,13 +292,14 @@ def test_fid_and_kid_on_patches(lib_run):
     assert (out / "rd_fid.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
-def test_single_corrected_step_is_refused_not_crashing(model_set, tiny_images, tmp_path):
-    from pdc.errors import PdcError
+def test_single_corrected_step_evaluates(model_set, tiny_images, tmp_path):
+    """K = 1 codes a single λ (a message CompressAI's rANS encoder used to crash on)."""
     from pdc.rd import evaluate_model_set
 
-    with pytest.raises(PdcError, match="exactly one corrected step"):
-        evaluate_model_set(model_set, tiny_images, tmp_path / "ev", limit=1, crop=64, steps=1, progress=False)
-    assert not (tmp_path / "ev").exists() and not list(tmp_path.glob(".ev.*"))
+    res = evaluate_model_set(model_set, tiny_images, tmp_path / "ev", limit=1, crop=64, steps=1, progress=False)
+    per_image = res["systems"]["corrdiff"]["points"][0]["per_image"]
+    assert all(len(r["levels"]) == 1 for r in per_image)
+    assert (tmp_path / "ev" / "summary.json").is_file()
 
 
 def test_undecoded_run_takes_the_encoder_simulation(lib_run):
