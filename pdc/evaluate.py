@@ -19,13 +19,6 @@ from pdc.imageio import load_tensor
 from pdc.metrics import bpp, ms_ssim, psnr, MS_SSIM_MIN_SIDE
 from pdc.models.package import CorrDiffModel
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
     if not size:
         return x

@@ -26,6 +26,15 @@ from pdc.fsutil import atomic_write_bytes
 
 #: Default ceiling on width × height (≈ 8K × 8K); larger files are refused before decoding.
 MAX_PIXELS = 64_000_000
+#: File suffixes treated as images when a folder is listed (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+#: The formats a training/test corpus is imported from (``pdc data import/fetch``, the folder loader).
+DATASET_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in ``folder`` (not recursive), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _to_rgb8(img: Image.Image) -> Image.Image:

@@ -128,12 +128,13 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    from pdc.evaluate import evaluate_images, list_images
+    from pdc.evaluate import evaluate_images
+    from pdc.imageio import image_files
     from pdc.fsutil import atomic_write_bytes
 
     if not images.is_dir():
         raise PdcError(f"{images}: not a folder of images")
-    paths = list_images(images)[:limit]
+    paths = image_files(images)[:limit]
     if not paths:
         raise PdcError(f"{images}: no images found")
     net = load_model(model, rate)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pdc.errors import ImageError
-from pdc.imageio import load_tensor
+from pdc.imageio import image_files, load_tensor
 
 app = typer.Typer(
     help="Compare two images (or two folders, for FID/KID) with pdc's metric definitions.",
@@ -75,7 +75,7 @@ def all_metrics(a: ImgA, b: ImgB, net: Net = "alex", as_json: AsJson = False) ->
 
 def _image_set(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+        files = image_files(path)
         if not files:
             raise ImageError(path, "folder holds no images")
         return files

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from pdc.fsutil import sha256_file, staging_dir, write_file
 from pdc.data.validate import DEFAULT_MIN_SIZE, Report, import_folder
 from pdc.errors import DataError
+from pdc.imageio import DATASET_SUFFIXES
 from pdc.fsutil import atomic_write_bytes
 
 KODAK_URL = "http://r0k.us/graphics/kodak/kodak/"
@@ -66,7 +67,6 @@ CLIC2020_ZIP = "professional_valid_2020.zip"
 CLIC2020_SHA256: str | None = None
 
 DATASETS = ("kodak", "clic2020")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 Progress = Callable[[int, int], None]
 
@@ -146,7 +146,7 @@ def _safe_extract_images(archive: Path, out: Path) -> int:
                 p = PurePosixPath(info.filename)
                 if info.is_dir() or p.is_absolute() or ".." in p.parts or "__MACOSX" in p.parts:
                     continue
-                if p.name.startswith(".") or p.suffix.lower() not in _IMAGE_SUFFIXES:
+                if p.name.startswith(".") or p.suffix.lower() not in DATASET_SUFFIXES:
                     continue
                 target = out.joinpath(*p.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)

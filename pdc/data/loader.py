@@ -34,9 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pdc.fsutil import list_files
 from pdc.data.shards import DEFAULT_VAL_FRACTION, MANIFEST, read_manifest, split_of
 from pdc.errors import DataError
-from pdc.imageio import _to_rgb8, read_image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+from pdc.imageio import DATASET_SUFFIXES, _to_rgb8, read_image
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -44,7 +42,7 @@ def list_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
-    return [folder / r for r in list_files(folder) if r.suffix.lower() in IMAGE_SUFFIXES]
+    return [folder / r for r in list_files(folder) if r.suffix.lower() in DATASET_SUFFIXES]
 
 
 def random_crop_flip(image: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
