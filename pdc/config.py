@@ -8,6 +8,7 @@ that names the offending key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +112,26 @@ class Profile(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+def parse_gammas(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    """``"0.25,0.5"`` or ``[0.25, 0.5]`` → (0.25, 0.5); ``"none"``/``""`` → (); None → None (default sweep)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        t = text.strip()
+        if t.lower() in ("", "none", "off"):
+            return ()
+        try:
+            values = tuple(float(v) for v in t.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"gammas: expected comma-separated numbers in [0, 1], got {text!r}") from None
+    else:
+        values = tuple(float(v) for v in text)
+    bad = [g for g in values if not 0.0 <= g <= 1.0]
+    if bad:
+        raise ConfigError(f"gammas: γ must lie in [0, 1], got {bad[0]}")
+    return values
+
+
 class EvalConfig(_Strict):
     """What the pipeline's evaluate stage measures (validation for the promotion rule)."""
 
@@ -127,16 +148,16 @@ class EvalConfig(_Strict):
     @classmethod
     def _gammas(cls, v: str) -> str:
         try:
-            values = [float(g) for g in v.split(",") if g.strip()]
-        except ValueError:
-            raise ValueError("expected comma-separated numbers, e.g. '0.5,1.0'") from None
-        if not values or any(not 0 <= g <= 1 for g in values):
-            raise ValueError("each γ must lie in [0, 1]")
+            values = parse_gammas(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if not values:
+            raise ValueError("needs at least one γ, e.g. '0.5,1.0'")
         return v
 
     @property
     def gamma_values(self) -> tuple[float, ...]:
-        return tuple(float(g) for g in self.gammas.split(",") if g.strip())
+        return parse_gammas(self.gammas)
 
 
 class PromotionConfig(_Strict):

@@ -96,7 +96,7 @@ def evaluate(
     """RD(P) curves of every rate point vs diffusion-only, e2e, g_s, JPEG/WebP/AVIF; JSON, CSV, plots, BD-rate."""
     from pdc.cli.codec import model_path
     from pdc.rd import evaluate_model_set
-    from pdc.rd.runner import parse_gammas
+    from pdc.config import parse_gammas
 
     t0 = time.perf_counter()
     gamma_values = parse_gammas(gammas)

@@ -8,7 +8,8 @@ This package imports no orchestration library (MLflow logging of the outputs is 
 
 from pdc.rd.bd import bd_rate, pareto_front
 from pdc.rd.classic import ClassicCodec, classic_codecs
-from pdc.rd.runner import DEFAULT_GAMMAS, FORMAT, evaluate_model_set, parse_gammas
+from pdc.config import parse_gammas
+from pdc.rd.runner import DEFAULT_GAMMAS, FORMAT, evaluate_model_set
 
 __all__ = [
     "DEFAULT_GAMMAS",

@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pdc.config import parse_gammas
 from pdc.errors import DataError, PdcError
-from pdc.imageio import read_image, tensor_to_uint8, uint8_to_tensor
+from pdc.fsutil import replace_dir
+from pdc.imageio import IMAGE_SUFFIXES, image_files, read_image, tensor_to_uint8, uint8_to_tensor
 from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
@@ -41,7 +43,6 @@ from pdc.rd.systems import Point, System, classic_systems, learned_systems
 FORMAT = "pdc-rd/1"
 #: γ values swept by default when the set has fewer rate points than a cubic BD fit needs.
 DEFAULT_GAMMAS = (0.25, 0.5, 0.75)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
 PATCH = 256
 
 
@@ -49,7 +50,7 @@ def list_images(folder: Path, what: str = "images") -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: {what} folder does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise DataError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
@@ -80,26 +81,6 @@ def default_gammas(n_rate_points: int) -> tuple[float, ...]:
 MARKER = ".pdc-evaluate"
 
 
-def parse_gammas(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
-    """``"0.25,0.5"`` or ``[0.25, 0.5]`` → (0.25, 0.5); ``"none"``/``""`` → (); None → None (default sweep)."""
-    if text is None:
-        return None
-    if isinstance(text, str):
-        t = text.strip()
-        if t.lower() in ("", "none", "off"):
-            return ()
-        try:
-            values = tuple(float(v) for v in t.split(",") if v.strip())
-        except ValueError:
-            raise PdcError(f"gammas: expected comma-separated numbers in [0, 1], got {text!r}") from None
-    else:
-        values = tuple(float(v) for v in text)
-    bad = [g for g in values if not 0.0 <= g <= 1.0]
-    if bad:
-        raise PdcError(f"gammas: γ must lie in [0, 1], got {bad[0]}")
-    return values
-
-
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise PdcError(f"{out}: exists and is not a folder")
@@ -115,17 +96,6 @@ def _check_out(out: Path) -> None:
         if not ok:
             raise PdcError(f"{out}: folder is not empty and holds no earlier `pdc evaluate` output; "
                            "choose another --out (it is replaced as a whole)")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 class _Metrics:
@@ -215,7 +185,7 @@ def _code_learned(model, system: System, x: torch.Tensor, path: Path, *, steps: 
     return rec, info
 
 
-def _code_classic(codec: ClassicCodec, quality: int, img: np.ndarray, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _code_classic(codec: ClassicCodec, quality: int, img: np.ndarray, path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
     t0 = time.perf_counter()
     data = codec.encode(img, quality)
     t1 = time.perf_counter()
@@ -223,7 +193,8 @@ def _code_classic(codec: ClassicCodec, quality: int, img: np.ndarray, path: Path
     t2 = time.perf_counter()
     rec = codec.decode(path.read_bytes())
     t3 = time.perf_counter()
-    return rec, {"bytes": path.stat().st_size, "lambda_bytes": 0, "encode_s": t1 - t0, "decode_s": t3 - t2}
+    return uint8_to_tensor(rec), {"bytes": path.stat().st_size, "lambda_bytes": 0, "encode_s": t1 - t0,
+                                  "decode_s": t3 - t2}
 
 
 def evaluate_model_set(
@@ -316,15 +287,29 @@ def evaluate_model_set(
         grid: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
         rate_info = []
 
-        def add_row(point: Point, name: str, img: np.ndarray, info: dict[str, Any], rec: torch.Tensor,
-                    x: torch.Tensor) -> dict[str, Any]:
-            h, w = img.shape[:2]
-            row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info, **metric(rec, x)}
-            point.images.append(row)
-            return row
-
-        def finish(point: Point, fid_recs: list[np.ndarray]) -> None:
+        def run_point(point: Point, code: Callable[[np.ndarray, Path], tuple[torch.Tensor, dict[str, Any]]],
+                      ext: str, in_grid: bool = True) -> None:
+            """Code every test (and FID) image with ``code``, score it, and record the point."""
+            key, label = point.system.key, point.label
+            folder = tmp / "streams" / key / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, (name, img) in enumerate(zip(names, test)):
+                rec, info = code(img, folder / f"{name}.{ext}")
+                h, w = img.shape[:2]
+                row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
+                       **metric(rec, uint8_to_tensor(img))}
+                point.images.append(row)
+                if i == 0 and in_grid:
+                    grid[(key, label)] = (tensor_to_uint8(rec), row["bpp"])
+                bar.update(1)
+            fid_recs = []
             if fid_set is not None:
+                ffolder = tmp / "streams_fid" / key / label
+                ffolder.mkdir(parents=True, exist_ok=True)
+                for name, img in zip(fid_names, (im for _, im in fid_set.images)):
+                    rec, _ = code(img, ffolder / f"{name}.{ext}")
+                    fid_recs.append(tensor_to_uint8(rec))
+                    bar.update(1)
                 point.fid, point.kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
             points.append(point)
             if on_point is not None:
@@ -342,26 +327,9 @@ def evaluate_model_set(
                 gamma = (model.config.correction.gamma if system.gamma is None else system.gamma) \
                     if system.mode.name == "CORRDIFF" else None
                 point = Point(system, label, rate_index=r, gamma=gamma, steps=k)
-                folder = tmp / "streams" / system.key / label
-                folder.mkdir(parents=True, exist_ok=True)
-                for i, (name, img) in enumerate(zip(names, test)):
-                    x = uint8_to_tensor(img)
-                    rec, info = _code_learned(model, system, x, folder / f"{name}.pdc", steps=steps, seed=seed,
-                                              decode=decode)
-                    row = add_row(point, name, img, info, rec, x)
-                    if i == 0 and r == grid_rate:
-                        grid[(system.key, label)] = (tensor_to_uint8(rec), row["bpp"])
-                    bar.update(1)
-                fid_recs = []
-                if fid_set is not None:
-                    ffolder = tmp / "streams_fid" / system.key / label
-                    ffolder.mkdir(parents=True, exist_ok=True)
-                    for name, img in zip(fid_names, (im for _, im in fid_set.images)):
-                        rec, _ = _code_learned(model, system, uint8_to_tensor(img), ffolder / f"{name}.pdc",
-                                               steps=steps, seed=seed, decode=decode)
-                        fid_recs.append(tensor_to_uint8(rec))
-                        bar.update(1)
-                finish(point, fid_recs)
+                run_point(point, lambda img, path, model=model: _code_learned(
+                    model, system, uint8_to_tensor(img), path, steps=steps, seed=seed, decode=decode),
+                    "pdc", in_grid=r == grid_rate)
             del model
 
         for system in classic_sys:
@@ -369,23 +337,7 @@ def evaluate_model_set(
             for q in codec.qualities:
                 label = f"q{q}"
                 point = Point(system, label, quality=q)
-                folder = tmp / "streams" / system.key / label
-                folder.mkdir(parents=True, exist_ok=True)
-                for i, (name, img) in enumerate(zip(names, test)):
-                    rec8, info = _code_classic(codec, q, img, folder / f"{name}.{codec.ext}")
-                    row = add_row(point, name, img, info, uint8_to_tensor(rec8), uint8_to_tensor(img))
-                    if i == 0:
-                        grid[(system.key, label)] = (rec8, row["bpp"])
-                    bar.update(1)
-                fid_recs = []
-                if fid_set is not None:
-                    ffolder = tmp / "streams_fid" / system.key / label
-                    ffolder.mkdir(parents=True, exist_ok=True)
-                    for name, img in zip(fid_names, (im for _, im in fid_set.images)):
-                        rec8, _ = _code_classic(codec, q, img, ffolder / f"{name}.{codec.ext}")
-                        fid_recs.append(rec8)
-                        bar.update(1)
-                finish(point, fid_recs)
+                run_point(point, lambda img, path: _code_classic(codec, q, img, path), codec.ext)
         bar.close()
 
         summary = _write_outputs(
@@ -415,7 +367,7 @@ def evaluate_model_set(
         files = [out / Path(f).relative_to(tmp) for f in summary.pop("_files")]
         summary["out"] = str(out)
         summary["streams_dir"] = str(out / "streams")
-        _publish(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
