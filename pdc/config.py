@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pdc.errors import ConfigError
 
@@ -32,7 +32,7 @@ class CodecConfig(_Strict):
 class DiffusionConfig(_Strict):
     """Conditional denoiser ε_θ(x_t, t, c(ŷ)) — a diffusers ``UNet2DModel`` — and its DDIM sampler."""
 
-    block_channels: tuple[int, ...] = (32, 64, 64)
+    block_channels: tuple[int, ...] = (48, 64, 96)
     layers_per_block: int = Field(1, ge=1, le=4)
     norm_groups: int = Field(8, ge=1)
     #: The UNet runs on pixel-unshuffled tensors (space-to-depth by this factor): 16× cheaper at 4.
@@ -46,8 +46,16 @@ class DiffusionConfig(_Strict):
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
     #: The diffusion models the residual x − g_s(ŷ), scaled by this factor towards unit variance.
     residual_scale: float = Field(8.0, gt=0)
-    #: Default number of DDIM steps K (trailing spacing); the bitstream records the value used.
+    #: Default number of DDIM steps K; the bitstream records the value used.
     steps: int = Field(6, ge=1, le=64)
+    #: Where the K steps sit. "trailing" (diffusers): t = T−1, T−1−T/K, …, T/K — the last estimate is
+    #: taken at t = T/K, far from clean for small K. "power": t_k = t_min + (T−1−t_min)·(1 − k/(K−1))^ρ
+    #: with ρ = ``spacing_power`` — ends at ``t_min`` (near 0) and, for ρ > 1, packs steps at low noise.
+    timestep_spacing: Literal["trailing", "power"] = "trailing"
+    t_min: int = Field(0, ge=0)
+    spacing_power: float = Field(1.0, gt=0, le=8)
+    #: Scale of the initial noise r_T ~ N(0, τ² I); τ < 1 trades diversity for fidelity.
+    noise_temperature: float = Field(1.0, gt=0, le=2)
 
     @field_validator("block_channels")
     @classmethod
@@ -55,6 +63,21 @@ class DiffusionConfig(_Strict):
         if not 1 <= len(v) <= 6 or any(c < 4 for c in v):
             raise ValueError("block_channels needs 1–6 entries, each ≥ 4")
         return v
+
+    @model_validator(mode="after")
+    def _spans_output(self) -> "DiffusionConfig":
+        # The UNet's last conv maps block_channels[0] features to 3·u² outputs per position: with fewer
+        # features its output lives in a fixed subspace, and in the rest the DDIM loop is linear in r_T,
+        # so a share of the initial noise reaches every image whatever the weights (DESIGN §5).
+        need = 3 * self.unshuffle**2
+        if self.block_channels[0] < need:
+            raise ValueError(
+                f"block_channels[0]={self.block_channels[0]} is below 3·unshuffle²={need}: the UNet cannot span "
+                "its output space and initial noise leaks into every image (raise block_channels[0] or lower unshuffle)"
+            )
+        if self.t_min >= self.train_timesteps - 1:
+            raise ValueError(f"t_min={self.t_min} must be below train_timesteps−1={self.train_timesteps - 1}")
+        return self
 
 
 class PrivilegedConfig(_Strict):
@@ -91,13 +114,58 @@ class StageTrainConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     crop: int = Field(128, ge=64)
     lr: float = Field(1e-3, gt=0)
+    #: Learning rate: linear warm-up over ``warmup_steps``, then constant or cosine decay to
+    #: ``min_lr_ratio``·lr at ``steps`` (a function of the step, so a resumed run continues it exactly).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     checkpoint_every: int = Field(50, ge=1)
     seed: int = 0
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimisation step ``step`` (1-based)."""
+        import math
+
+        if self.warmup_steps and step <= self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class DiffusionTrainConfig(StageTrainConfig):
+    """The diffusion stage's recipe (CDC-style): loss = w_mse · min(SNR, snr_clip)-weighted MSE on the
+    predicted clean residual + ρ · LPIPS on the predicted clean image, EMA weights for sampling.
+
+    ``mse_weight = 1, lpips_weight = 0, snr_clip = 0`` is the plain parameterisation loss (MSE on
+    whatever ``prediction_type`` outputs), the recipe before this one.
+    """
+
+    mse_weight: float = Field(1.0, ge=0)
+    #: Weight of the x̂0-MSE at noise level t is min(SNR_t, snr_clip) (Min-SNR); 0 = plain MSE on the
+    #: network's own target (ε, v or x0).
+    snr_clip: float = Field(0.0, ge=0)
+    #: ρ of the LPIPS term on the predicted x̂0 (CDC uses ≈ 0.9), with backbone ``lpips_net``.
+    lpips_weight: float = Field(0.0, ge=0)
+    lpips_net: Literal["vgg", "alex"] = "vgg"
+    #: LPIPS is computed on a random square of this size inside the crop (0 = whole crop): the
+    #: backbone dominates the step time on CPUs.
+    lpips_crop: int = Field(0, ge=0)
+    #: Exponential moving average of the weights (0 = off); the package stores the EMA weights.
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "DiffusionTrainConfig":
+        if self.mse_weight == 0 and self.lpips_weight == 0:
+            raise ValueError("mse_weight and lpips_weight are both 0: nothing to train")
+        return self
 
 
 class TrainConfig(_Strict):
     codec: StageTrainConfig = StageTrainConfig()
-    diffusion: StageTrainConfig = StageTrainConfig()
+    diffusion: DiffusionTrainConfig = DiffusionTrainConfig()
     privileged: StageTrainConfig = StageTrainConfig()
     #: Images (crops) the correction stage simulates the encoder on to fit the λ statistics.
     correction_images: int = Field(16, ge=1)

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import yaml
 
+from tests.models.conftest import MICRO
+
 MICRO_PROFILE = {
-    "model": {
-        "codec": {"N": 16, "M": 24},
-        "diffusion": {"block_channels": [8, 16], "norm_groups": 4, "unshuffle": 4, "latent_channels": 4, "steps": 2},
-        "privileged": {"refine_channels": 8, "refine_blocks": 1},
-        "correction": {"levels": 8},
-    },
+    "model": {**MICRO, "diffusion": {**MICRO["diffusion"], "steps": 2}},
     "train": {
         "codec": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2},
         "diffusion": {"steps": 3, "batch_size": 2, "crop": 64, "checkpoint_every": 2},

@@ -10,13 +10,10 @@ import pytest
 from pdc.config import parse_model_config
 from pdc.imageio import encode_png
 
-#: Same micro architecture as tests/models (random weights: plumbing and schema, not quality).
-MICRO = {
-    "codec": {"N": 16, "M": 24},
-    "diffusion": {"block_channels": [8, 16], "norm_groups": 4, "unshuffle": 4, "latent_channels": 4, "steps": 2},
-    "privileged": {"refine_channels": 8, "refine_blocks": 1},
-    "correction": {"levels": 8},
-}
+from tests.models.conftest import MICRO as _MICRO
+
+#: The micro architecture of tests/models with 2 steps (random weights: plumbing and schema, not quality).
+MICRO = {**_MICRO, "diffusion": {**_MICRO["diffusion"], "steps": 2}}
 
 
 @pytest.fixture(scope="module", autouse=True)
