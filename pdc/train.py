@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdc.config import StageTrainConfig
+from pdc.config import DiffusionTrainConfig, StageTrainConfig
 from pdc.fsutil import atomic_torch_save
 from pdc.metrics import psnr
 from pdc.models.codec import quantized_latent
-from pdc.models.diffusion import training_target
+from pdc.models.diffusion import split_prediction, training_target
 from pdc.models.correction import fit_tables
 from pdc.models.package import CorrDiffModel
 from pdc.models.sampler import correctable_steps, sample
@@ -64,6 +64,39 @@ def _part_hash(module: nn.Module) -> str:
     return state_digest(module.state_dict())[:16]
 
 
+class EMA:
+    """Exponential moving average of a module's floating-point state (weights used for sampling).
+
+    The effective decay ramps up as min(decay, (1 + n)/(10 + n)) so that early averages are not
+    dominated by the random initialisation.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1 - d)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.updates = int(state["updates"])  # type: ignore[arg-type]
+        for k, v in state["shadow"].items():  # type: ignore[union-attr]
+            self.shadow[k].copy_(v)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict({**module.state_dict(), **self.shadow})
+
+
 def _run(
     stage: str,
     modules: dict[str, nn.Module],
@@ -74,16 +107,24 @@ def _run(
     workdir: Path | None,
     log: MetricLogger | None,
     fingerprint: str = "",
+    ema_decay: float = 0.0,
 ) -> StageResult:
-    """The shared loop: resume, step, log, checkpoint."""
+    """The shared loop: resume, schedule the learning rate, step, average, log, checkpoint.
+
+    ``optimizers["main"]`` follows ``cfg.lr_at(step)``; others keep their own rate. With ``ema_decay``
+    the modules' EMA is kept beside them (and checkpointed) and copied into them at the end.
+    """
     ckpt = workdir / f"{stage}.ckpt.pt" if workdir is not None else None
     start, history = 0, []
+    emas = {name: EMA(m, ema_decay) for name, m in modules.items()} if ema_decay > 0 else {}
     state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt is not None and ckpt.is_file() else None
     if state is not None and state.get("fingerprint") == fingerprint:
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optim"][name])
+        for name, ema in emas.items():
+            ema.load_state_dict(state["ema"][name])
         start, history = int(state["step"]), list(state["losses"])
     resumed_from = start
     torch.manual_seed(cfg.seed + start)
@@ -93,7 +134,13 @@ def _run(
     device = next(next(iter(modules.values())).parameters()).device
     step, last = start, {}
     for step in range(start + 1, cfg.steps + 1):
+        lr = cfg.lr_at(step)
+        for group in optimizers["main"].param_groups:
+            group["lr"] = lr
         last = step_fn(next(batches).to(device, non_blocking=True))
+        for name, ema in emas.items():
+            ema.update(modules[name])
+        last["lr"] = lr
         history.append(last["loss"])
         if log is not None:
             for k, v in last.items():
@@ -108,10 +155,13 @@ def _run(
                     "optim": {n: o.state_dict() for n, o in optimizers.items()},
                     "losses": history,
                     "fingerprint": fingerprint,
+                    **({"ema": {n: e.state_dict() for n, e in emas.items()}} if emas else {}),
                 },
                 ckpt,
             )
     bar.close()
+    for name, ema in emas.items():
+        ema.copy_to(modules[name])
     for m in modules.values():
         m.eval()
     final = float(sum(history[-20:]) / max(1, len(history[-20:]))) if history else math.nan
@@ -166,17 +216,33 @@ def _frozen_latents(model: CorrDiffModel, x: torch.Tensor) -> tuple[torch.Tensor
 def train_diffusion(
     model: CorrDiffModel,
     batches: Iterator[torch.Tensor],
-    cfg: StageTrainConfig,
+    cfg: DiffusionTrainConfig,
     workdir: Path | None = None,
     log: MetricLogger | None = None,
 ) -> StageResult:
-    """Stage 2: denoising on the residual r = s·(x − g_s(ŷ)), codec frozen (target per prediction_type)."""
+    """Stage 2: denoising on the residual r0 = s·(x − g_s(ŷ)), codec frozen.
+
+    Loss (see :class:`~pdc.config.DiffusionTrainConfig`)::
+
+        r_t = √ᾱ r0 + √(1−ᾱ) ε,   (r̂0, ε̂) = split_prediction(net(r_t, t, ŷ, x_b))
+        mse   = mean(min(SNR_t, snr_clip) · (r̂0 − r0)²)      or, with snr_clip = 0, MSE on the net's target
+        lpips = LPIPS(x_b + r̂0/s, x)                          on a random lpips_crop² window
+        loss  = mse_weight · mse + lpips_weight · lpips
+
+    With ``ema_decay`` the package receives the EMA of the weights.
+    """
+    cfg = cfg if isinstance(cfg, DiffusionTrainConfig) else DiffusionTrainConfig(**cfg.model_dump())
     model.codec.eval().requires_grad_(False)
     net = model.diffusion
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     ac = model.scheduler.alphas_cumprod
-    s = model.config.diffusion.residual_scale
-    n_t = model.config.diffusion.train_timesteps
+    dcfg = model.config.diffusion
+    s, n_t, kind = dcfg.residual_scale, dcfg.train_timesteps, dcfg.prediction_type
+    perceptual = None
+    if cfg.lpips_weight > 0:
+        from pdc.metrics.perceptual import lpips_model
+
+        perceptual = lpips_model(cfg.lpips_net)
 
     def step(x: torch.Tensor) -> dict[str, float]:
         y_hat, x_base = _frozen_latents(model, x)
@@ -185,16 +251,35 @@ def train_diffusion(
         a = ac.to(x.device)[t].view(-1, 1, 1, 1).to(x.dtype)
         noise = torch.randn_like(r0)
         r_t = a.sqrt() * r0 + (1 - a).sqrt() * noise
-        target = training_target(model.config.diffusion.prediction_type, r0, noise, a)
-        loss = F.mse_loss(net(r_t, t, y_hat, x_base), target)
+        out = net(r_t, t, y_hat, x_base)
+        if cfg.snr_clip > 0:
+            r0_hat = split_prediction(kind, out, r_t, a)[0]
+            weight = (a / (1 - a)).clamp(max=cfg.snr_clip)
+            mse = (weight * (r0_hat - r0) ** 2).mean()
+        else:
+            mse = F.mse_loss(out, training_target(kind, r0, noise, a))
+        metrics = {"mse": mse.item()}
+        loss = cfg.mse_weight * mse
+        if perceptual is not None:
+            r0_hat = split_prediction(kind, out, r_t, a)[0]
+            x_hat = (x_base + r0_hat / s).clamp(0, 1)
+            x_ref = x
+            if cfg.lpips_crop and cfg.lpips_crop < min(x.shape[-2:]):
+                c = cfg.lpips_crop
+                i, j = (int(v) for v in torch.randint(0, min(x.shape[-2:]) - c + 1, (2,)))
+                x_hat, x_ref = x_hat[..., i : i + c, j : j + c], x_ref[..., i : i + c, j : j + c]
+            p = perceptual.to(x.device)(x_hat * 2 - 1, x_ref * 2 - 1, normalize=False).mean()
+            loss = loss + cfg.lpips_weight * p
+            metrics["lpips"] = p.item()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), **metrics}
 
     fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec))
-    result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log, fp)
+    result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log, fp,
+                  ema_decay=cfg.ema_decay)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result

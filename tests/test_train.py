@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -68,3 +69,47 @@ def test_prediction_parameterisations_invert_the_forward_process(kind):
     x0_hat, eps_hat = split_prediction(kind, training_target(kind, x0, noise, a), x_t, a)
     torch.testing.assert_close(x0_hat, x0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(eps_hat, noise, atol=1e-5, rtol=1e-5)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_its_floor():
+    cfg = StageTrainConfig(steps=110, lr=1.0, lr_schedule="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert cfg.lr_at(1) == pytest.approx(0.1) and cfg.lr_at(10) == pytest.approx(1.0)
+    assert cfg.lr_at(60) == pytest.approx(0.55)  # half way through the decay: (1 + 0.1) / 2
+    assert cfg.lr_at(110) == pytest.approx(0.1)
+    assert StageTrainConfig(lr=0.5).lr_at(77) == 0.5  # the default stays constant
+
+
+def test_ema_tracks_a_moving_average_and_is_copied_into_the_module():
+    from pdc.train import EMA
+
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)  # effective decay min(0.5, 2/11) = 2/11
+    torch.testing.assert_close(ema.shadow["weight"], torch.full((1, 2), 9 / 11))
+    restored = EMA(net, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    restored.copy_to(net)
+    torch.testing.assert_close(net.weight, torch.full((1, 2), 9 / 11))
+
+
+def test_diffusion_recipe_with_lpips_and_ema_trains_and_stores_the_average(tmp_path):
+    from pdc.config import DiffusionTrainConfig
+
+    cfg = DiffusionTrainConfig(steps=6, batch_size=2, crop=64, lr=3e-3, mse_weight=0.1, snr_clip=5.0,
+                               lpips_weight=0.9, lpips_crop=48, ema_decay=0.9, checkpoint_every=3)
+    model = init_model(micro_config(), seed=0)
+    raw_after = {}
+    res = train_diffusion(model, _batches(), cfg, workdir=tmp_path)
+    assert len(res.history) == 6 and all(math.isfinite(v) for v in res.history)
+    assert {"mse", "lpips", "lr"} <= set(res.metrics)
+    state = torch.load(tmp_path / "diffusion.ckpt.pt", weights_only=True)
+    raw_after = state["modules"]["diffusion"]
+    shadow = state["ema"]["diffusion"]["shadow"]
+    stored = model.diffusion.state_dict()
+    key = "unet.conv_out.weight"
+    torch.testing.assert_close(stored[key], shadow[key])  # the package gets the EMA …
+    assert not torch.equal(stored[key], raw_after[key])  # … not the last raw weights

@@ -3,8 +3,8 @@
 All arithmetic happens in the diffusion's residual space r = s·(x − x_b) (see
 :mod:`pdc.models.diffusion`); λ is scale-invariant, so it is the same weight as in image space::
 
-    r_T ~ N(0, I) from the seed in the header
-    for k, t in enumerate(trailing timesteps t_K > … > t_1):
+    r_T ~ N(0, τ² I) from the seed in the header (τ = noise_temperature)
+    for k, t in enumerate(timesteps t_1 > … > t_K):      (trailing or power spacing, see step_times)
         (r̂0, ε̂) from the network output (ε-, v- or x0-parameterised; see split_prediction)
         r̂0  clipped so that x_b + r̂0/s ∈ [0, 1]
         λ_k  = encoder: quantize(γ · λ*(r0, r̂0, r_e));  decoder: from the bitstream
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from diffusers import DDIMScheduler
 
-from pdc.config import CorrectionConfig
+from pdc.config import CorrectionConfig, DiffusionConfig
 from pdc.models.correction import dequantize, lambda_star, quantize
 from pdc.models.diffusion import ConditionalDenoiser, split_prediction
 
@@ -38,17 +38,34 @@ def correctable_steps(cfg: CorrectionConfig, steps: int) -> list[int]:
     return [k for k in allowed if 0 <= k < steps]
 
 
-def timesteps(scheduler: DDIMScheduler, steps: int) -> list[tuple[int, float, float]]:
-    """(t, ᾱ_t, ᾱ_prev) for each sampling step, from the scheduler's own tables."""
-    scheduler.set_timesteps(steps)
+def timesteps(scheduler: DDIMScheduler, cfg: DiffusionConfig, steps: int) -> list[tuple[int, float, float]]:
+    """(t, ᾱ_t, ᾱ_prev) for each sampling step t_1 > … > t_K; after the last step ᾱ_prev = 1 (clean).
+
+    "trailing" takes diffusers' DDIM tables as they are (ᾱ_prev at t − T//K); "power" places the steps
+    at t_k = t_min + (T−1−t_min)·(1 − k/(K−1))^ρ and moves each step to the next one's noise level.
+    """
     ac = scheduler.alphas_cumprod
-    stride = scheduler.config.num_train_timesteps // steps
-    out = []
-    for t in scheduler.timesteps.tolist():
-        prev = t - stride
-        a_prev = float(ac[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
-        out.append((int(t), float(ac[t]), a_prev))
-    return out
+    if cfg.timestep_spacing == "trailing":
+        scheduler.set_timesteps(steps)
+        stride = scheduler.config.num_train_timesteps // steps
+        pairs = [(int(t), int(t) - stride) for t in scheduler.timesteps.tolist()]
+    else:
+        times = power_times(cfg.train_timesteps, steps, cfg.t_min, cfg.spacing_power)
+        pairs = list(zip(times, times[1:] + [-1]))
+    return [(t, float(ac[t]), float(ac[p]) if p >= 0 else 1.0) for t, p in pairs]
+
+
+def power_times(train_timesteps: int, steps: int, t_min: int, power: float) -> list[int]:
+    """Strictly decreasing integer timesteps from T−1 down to ``t_min``, spaced by a power law."""
+    if steps == 1:
+        return [train_timesteps - 1]
+    if steps > train_timesteps - t_min:
+        raise ValueError(f"{steps} steps do not fit between t_min={t_min} and {train_timesteps - 1}")
+    top = train_timesteps - 1 - t_min
+    times = [int(round(t_min + top * (1 - k / (steps - 1)) ** power)) for k in range(steps)]
+    for k in range(steps - 2, -1, -1):  # rounding must not merge two steps: lift the crowded low end
+        times[k] = max(times[k], times[k + 1] + 1)
+    return times
 
 
 @torch.no_grad()
@@ -88,11 +105,12 @@ def sample(
     lo, hi = (0 - x_base) * s, (1 - x_base) * s
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    r_t = torch.randn(x_base.shape, generator=gen, dtype=torch.float32).to(x_base.device)
+    temperature = denoiser.cfg.noise_temperature
+    r_t = torch.randn(x_base.shape, generator=gen, dtype=torch.float32).mul_(temperature).to(x_base.device)
     used: list[int] = []
     stars: list[float] = []
     r_tilde = r_t
-    for k, (t, a_t, a_prev) in enumerate(timesteps(scheduler, steps)):
+    for k, (t, a_t, a_prev) in enumerate(timesteps(scheduler, denoiser.cfg, steps)):
         r_hat, eps = split_prediction(kind, denoiser(r_t, t, y_hat, x_base), r_t, a_t)
         r_hat = torch.maximum(torch.minimum(r_hat, hi), lo)
         if target is not None and k in allowed:
