@@ -27,8 +27,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-HEADERS = {"ms_ssim": "MS-SSIM", "psnr": "PSNR", "lpips": "LPIPS", "fid": "FID", "kid": "KID",
-           "lambda_share": "λ/file", "encode_s": "enc s", "decode_s": "dec s"}
+HEADERS = {"ms_ssim": "MS-SSIM", "psnr": "PSNR", "lpips": "LPIPS-alex", "lpips_vgg": "LPIPS-VGG", "fid": "FID",
+           "kid": "KID", "lambda_share": "λ/file", "encode_s": "enc s", "decode_s": "dec s"}
 
 
 def print_table(summary: dict[str, Any], console=None) -> None:
@@ -36,11 +36,11 @@ def print_table(summary: dict[str, Any], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(width=max(Console().width, 110))
+    console = console or Console(width=max(Console().width, 125))
     rows = summary["rows"]
     fid = summary.get("fid_images") is not None
-    cols = [("bpp", 4), ("psnr", 2), ("ms_ssim", 4), ("lpips", 4)] + ([("fid", 2), ("kid", 4)] if fid else []) + [
-        ("lambda_share", 3), ("encode_s", 2), ("decode_s", 2)]
+    cols = [("bpp", 4), ("psnr", 2), ("ms_ssim", 4), ("lpips", 4), ("lpips_vgg", 4)] + (
+        [("fid", 2), ("kid", 4)] if fid else []) + [("lambda_share", 3), ("encode_s", 2), ("decode_s", 2)]
     table = Table(title=f"pdc evaluate — {summary['images']['count']} image(s) from {summary['images']['folder']}"
                         + (f", crop {summary['images']['crop']}" if summary["images"]["crop"] else ""))
     table.add_column("point")
@@ -64,6 +64,14 @@ def print_table(summary: dict[str, Any], console=None) -> None:
             extra = f", {gain:+.2f} dB vs chord" if gain is not None else ""
             parts.append(f"{e['tag']} ({_fmt(e['psnr'], 2)} dB, LPIPS {_fmt(e['lpips'], 3)}{extra})")
         console.print(f"D–P curve {label}: " + " → ".join(parts))
+    for key, system in summary.get("systems", {}).items():
+        for p in system["points"]:
+            if p.get("mean_lambda_per_step") is not None:
+                lam = " ".join(f"{v:.2f}" for v in p["mean_lambda_per_step"])
+                console.print(f"mean λ per step {key} {p['label']}: {lam}")
+            if p.get("noise_sigma") is not None:
+                console.print(f"{system['name']} {p['label']}: mean σ = {p['noise_sigma'] * 255:.2f}/255 "
+                              "(PSNR matched to CorrDiff per image)")
     bd = summary.get("bd_rate", {}).get("comparisons", {})
     for name, res in bd.items():
         value = f"{res['value']:+.1f} % ({res['method']})" if res.get("value") is not None else f"n/a: {res['reason']}"
@@ -90,7 +98,7 @@ def evaluate(
         typer.Option(help="Extra CorrDiff strengths γ, comma-separated, or 'none' "
                           "(default: 0.25,0.5,0.75 when the set has < 4 rate points)."),
     ] = None,
-    no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Skip LPIPS.")] = False,
+    no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Skip LPIPS (alex and VGG).")] = False,
     seed: Annotated[int, typer.Option(help="Diffusion noise seed (stored in every stream).", min=0)] = 0,
 ) -> None:
     """RD(P) curves of every rate point vs diffusion-only, e2e, g_s, JPEG/WebP/AVIF; JSON, CSV, plots, BD-rate."""

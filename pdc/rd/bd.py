@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-LOWER_IS_BETTER = {"lpips", "fid", "kid"}
+LOWER_IS_BETTER = {"lpips", "lpips_vgg", "fid", "kid"}
 CUBIC_MIN_POINTS = 4
 
 

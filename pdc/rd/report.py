@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pdc.rd.bd import bd_rate, pareto_front
-from pdc.rd.systems import Point, System
+from pdc.rd.bd import LOWER_IS_BETTER, bd_rate, pareto_front
+from pdc.rd.systems import CONTROL_KEY, Point, System
 
 #: CompressAI ``eval_model`` result keys for our metric names (``compressai.utils.plot`` reads these).
 COMPRESSAI_KEYS = {
@@ -25,19 +25,22 @@ COMPRESSAI_KEYS = {
     "psnr": "psnr-rgb",
     "ms_ssim": "ms-ssim-rgb",
     "lpips": "lpips",
+    "lpips_vgg": "lpips-vgg",
     "fid": "fid",
     "kid": "kid",
     "encode_s": "encoding_time",
     "decode_s": "decoding_time",
 }
 
+#: The aggregated quality metrics of a point: ``metrics.json``, the DVC plot files, the RD plots.
+QUALITY_METRICS = ("bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg", "fid", "kid")
 CSV_COLUMNS = (
-    "system", "name", "kind", "point", "rate_index", "quality", "gamma", "steps", "bpp", "psnr", "ms_ssim",
-    "lpips", "fid", "kid", "bytes", "lambda_bytes", "lambda_share", "encode_s", "decode_s", "images",
-    "fid_patches", "decode_max_abs_diff",
+    "system", "name", "kind", "point", "rate_index", "quality", "gamma", "steps", *QUALITY_METRICS, "bytes",
+    "lambda_bytes", "lambda_share", "encode_s", "decode_s", "images", "fid_patches", "decode_max_abs_diff",
+    "noise_sigma",
 )
 #: Columns of the per-system DVC plot files (``plots/<system>.csv``).
-PLOT_COLUMNS = ("point", "bpp", "psnr", "ms_ssim", "lpips", "fid", "kid")
+PLOT_COLUMNS = ("point", *QUALITY_METRICS)
 
 
 def clean(obj: Any) -> Any:
@@ -129,6 +132,7 @@ METRIC_LABELS = {
     "psnr": "PSNR (dB) ↑",
     "ms_ssim": "MS-SSIM ↑",
     "lpips": "LPIPS-alex ↓",
+    "lpips_vgg": "LPIPS-VGG ↓",
     "fid": "FID (256² patches) ↓",
     "kid": "KID ↓",
 }
@@ -137,6 +141,8 @@ METRIC_LABELS = {
 def _style(system: System) -> dict[str, Any]:
     if system.kind == "classic":
         return {"linestyle": "--", "marker": "s", "markersize": 4, "linewidth": 1.0}
+    if system.key == CONTROL_KEY:
+        return {"linestyle": "-.", "marker": "x", "markersize": 5, "linewidth": 1.2}
     if system.gamma is not None:
         return {"linestyle": ":", "marker": ".", "markersize": 5, "linewidth": 1.0, "alpha": 0.8}
     return {"linestyle": "-", "marker": "o", "markersize": 5, "linewidth": 1.6}
@@ -236,14 +242,20 @@ def _front(points: Sequence[Point], metric: str, higher_is_better: bool) -> list
 
 
 def bd_report(points: Sequence[Point]) -> dict[str, Any]:
-    """BD-rates of CorrDiff vs its own baselines, and the γ distortion–perception curve per rate point."""
+    """BD-rates of CorrDiff vs its own baselines, JPEG and the matched-noise control, and the γ
+    distortion–perception curve per rate point.
+
+    ``corrdiff_vs_jpeg_lpips`` is the figure for users (bits saved over the ubiquitous codec at equal
+    LPIPS); ``corrdiff_vs_e2e_noise_lpips*`` says whether CorrDiff's perceptual gain is more than the
+    noise-texture gain of the control at the same PSNR and bit-rate.
+    """
     sys = by_system(points)
     corr_all = [p for p in points if p.system.kind == "learned" and p.system.mode is not None
                 and p.system.mode.name == "CORRDIFF"]
     comparisons: dict[str, Any] = {}
 
     def compare(name: str, test: list[tuple[float, float]], test_label: str, anchor_key: str, metric: str) -> None:
-        hib = metric not in ("lpips", "fid", "kid")
+        hib = metric not in LOWER_IS_BETTER
         anchor = _curve(sys.get(anchor_key, []), metric)
         res = bd_rate(anchor, test, higher_is_better=hib)
         comparisons[name] = {"test": test_label, "anchor": anchor_key, "metric": metric, **res,
@@ -252,6 +264,10 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
     corr = sys.get("corrdiff", [])
     compare("corrdiff_vs_diffusion_psnr", _curve(corr, "psnr"), "corrdiff", "diffusion", "psnr")
     compare("corrdiff_vs_e2e_lpips", _curve(corr, "lpips"), "corrdiff", "e2e", "lpips")
+    compare("corrdiff_vs_jpeg_lpips", _curve(corr, "lpips"), "corrdiff", "jpeg", "lpips")
+    if CONTROL_KEY in sys:
+        for metric in ("lpips", "lpips_vgg"):
+            compare(f"corrdiff_vs_e2e_noise_{metric}", _curve(corr, metric), "corrdiff", CONTROL_KEY, metric)
     if len(corr_all) > len(corr):
         compare("corrdiff_gamma_front_vs_diffusion_psnr", _front(corr_all, "psnr", True),
                 "corrdiff (best γ per bit-rate: Pareto front over all γ and rate points)", "diffusion", "psnr")
@@ -276,7 +292,7 @@ def distortion_perception(points: Sequence[Point]) -> dict[str, list[dict[str, A
     gain is taken against the nearer endpoint (no mix reaches that LPIPS).
     """
     out: dict[str, list[dict[str, Any]]] = {}
-    learned = [p for p in points if p.system.kind == "learned" and p.system.key != "codec"]
+    learned = [p for p in points if p.system.kind == "learned" and p.system.key not in ("codec", CONTROL_KEY)]
     for label in dict.fromkeys(p.label for p in learned):
         pts = [p for p in learned if p.label == label]
         entries = []

@@ -2,16 +2,20 @@
 
 For each rate point (one package of the set) the four systems that come out of the same model —
 CorrDiff, diffusion-only (λ ≡ 0), the privileged e2e decoder and the hyperprior's own g_s — plus
-CorrDiff at extra correction strengths γ (the distortion–perception knob), and JPEG/WebP/AVIF through
-Pillow at several qualities, code the same images:
+CorrDiff at extra correction strengths γ (the distortion–perception knob), the control "e2e + matched
+noise" (:mod:`pdc.rd.control`: the e2e reconstruction, same file and bpp, plus Gaussian noise whose σ
+brings each image to CorrDiff's PSNR — the perceptual metrics must prefer CorrDiff to it, or its gain is
+noise), and JPEG/WebP/AVIF through Pillow at several qualities, code the same images:
 
 * every file is really written (``streams/<system>/<point>/<image>.<ext>``) and bpp is 8 × its size on
   disk / pixels;
 * reconstructions are decoded from those files (pdc streams by :func:`pdc.codec.decompress`, classic
   files by Pillow); for pdc streams the largest difference to the encoder's simulation is recorded;
-* PSNR, MS-SSIM and LPIPS come from :mod:`pdc.metrics` on the test images (mean over images); FID and
-  KID from :mod:`pdc.metrics.perceptual` on 256×256 patches of a second, larger image set
-  (HiFiC / MS-ILLM protocol: reconstructions of the full images, two patch grids).
+* PSNR, MS-SSIM, LPIPS-alex (``lpips``, the headline) and LPIPS-VGG (``lpips_vgg``, a second backbone
+  beside it, so a texture gain only one network sees stands out) come from :mod:`pdc.metrics` on the
+  test images (mean over images); FID and KID from :mod:`pdc.metrics.perceptual` on 256×256 patches of
+  a second, larger image set (HiFiC / MS-ILLM protocol: reconstructions of the full images, two patch
+  grids), where the control's σ is matched per FID image in the same way.
 
 Everything is written into a staging folder next to ``out`` and renamed into place at the end, so
 ``out`` holds either the previous complete evaluation or the new one.
@@ -38,7 +42,8 @@ from pdc.imageio import IMAGE_SUFFIXES, image_files, read_image, tensor_to_uint8
 from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
-from pdc.rd.systems import Point, System, classic_systems, learned_systems
+from pdc.rd.control import PSNR_TOL_DB, match_noise, noise_seed
+from pdc.rd.systems import CONTROL_KEY, Point, System, classic_systems, control_system, learned_systems
 
 FORMAT = "pdc-rd/1"
 #: γ values swept by default when the set has fewer rate points than a cubic BD fit needs.
@@ -99,7 +104,7 @@ def _check_out(out: Path) -> None:
 
 
 class _Metrics:
-    """The one metric code path for every system."""
+    """The one metric code path for every system (LPIPS networks are built once: ``lpips_model`` caches)."""
 
     def __init__(self, with_lpips: bool) -> None:
         self.lpips = None
@@ -115,8 +120,41 @@ class _Metrics:
             "ms_ssim": ms_ssim(rec, ref) if min(h, w) >= MS_SSIM_MIN_SIDE else math.nan,
         }
         if self.lpips is not None:
-            out["lpips"] = self.lpips(rec, ref)
+            out["lpips"] = self.lpips(rec, ref, net="alex")
+            out["lpips_vgg"] = self.lpips(rec, ref, net="vgg")
         return out
+
+
+#: Codes image ``index`` (test images first, then FID images) into ``path`` (None: the system writes no
+#: file of its own) and returns the reconstruction and the per-image record.
+Coder = Callable[[int, np.ndarray, Path | None], tuple[torch.Tensor, dict[str, Any]]]
+#: Reconstructions of one system at one rate point, by image index: float tensors for the test
+#: images, uint8 arrays (what FID sees) for the FID images.
+Kept = list[torch.Tensor | np.ndarray]
+
+
+def _as_tensor(rec: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return rec if isinstance(rec, torch.Tensor) else uint8_to_tensor(rec)
+
+
+def _matched_noise(e2e: Point, e2e_recs: Kept, corrdiff_recs: Kept, seed: int) -> Coder:
+    """The control's coder: image ``i``'s e2e reconstruction + noise matched to CorrDiff's PSNR on it.
+
+    Nothing is coded: the file is e2e's (its bytes and timings are copied, ``stream`` names it).
+    """
+
+    def code(i: int, img: np.ndarray, path: Path | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        ref = uint8_to_tensor(img)
+        s = noise_seed(seed, i)
+        m = match_noise(_as_tensor(e2e_recs[i]), ref, psnr(_as_tensor(corrdiff_recs[i]), ref), seed=s)
+        info: dict[str, Any] = {"noise_sigma": m.sigma, "noise_seed": s, "target_psnr": m.target_psnr}
+        if i < len(e2e.images):  # a test image (FID images keep no per-image record)
+            row = e2e.images[i]
+            info = {"bytes": row["bytes"], "lambda_bytes": 0, "stream": f"streams/e2e/{e2e.label}/{row['image']}.pdc",
+                    **{k: row[k] for k in ("encode_s", "decode_s") if k in row}, **info}
+        return m.image, info
+
+    return code
 
 
 class _FidSet:
@@ -227,7 +265,8 @@ def evaluate_model_set(
     to the model's own is skipped — that is the ``corrdiff`` system). ``classic``: the Pillow baselines (None: JPEG, WebP, AVIF
     where available). ``decode=False`` takes pdc reconstructions from the encoder's simulation instead
     of decoding the written files (identical by construction; faster). ``systems`` restricts the
-    learned systems to these keys (corrdiff, diffusion, e2e, codec, corrdiff-g<γ>).
+    learned systems to these keys (corrdiff, diffusion, e2e, codec, corrdiff-g<γ>); the
+    ``e2e-noise`` control runs whenever both corrdiff and e2e do.
 
     Output layout in ``out`` (replaced as a whole): ``systems/<system>.json`` (CompressAI schema),
     ``rd.csv``, ``plots/<system>.csv`` (DVC plot data), ``rd_*.png``, ``dp_curve.png``, ``crops.png``,
@@ -272,8 +311,10 @@ def evaluate_model_set(
         if unknown:
             raise PdcError(f"unknown learned system(s) {sorted(unknown)} (have: {[s.key for s in learned]})")
         learned = [s for s in learned if s.key in systems]
+    # The matched-noise control needs both CorrDiff (its PSNR targets) and e2e (its base images).
+    control = control_system() if {"corrdiff", "e2e"} <= {s.key for s in learned} else None
     classic_sys = classic_systems(codecs)
-    n_points = len(members) * len(learned) + sum(len(c.qualities) for c in codecs)
+    n_points = len(members) * (len(learned) + (control is not None)) + sum(len(c.qualities) for c in codecs)
     n_fid = len(fid_set.images) if fid_set else 0
     from tqdm.auto import tqdm
 
@@ -287,28 +328,41 @@ def evaluate_model_set(
         grid: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
         rate_info = []
 
-        def run_point(point: Point, code: Callable[[np.ndarray, Path], tuple[torch.Tensor, dict[str, Any]]],
-                      ext: str, in_grid: bool = True) -> None:
-            """Code every test (and FID) image with ``code``, score it, and record the point."""
+        def folder(root: str, point: Point, ext: str | None) -> Path | None:
+            if ext is None:
+                return None
+            path = tmp / root / point.system.key / point.label
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+
+        def run_point(point: Point, code: Coder, ext: str | None, in_grid: bool = True,
+                      keep: Kept | None = None) -> None:
+            """Code every test (and FID) image with ``code``, score it, and record the point.
+
+            ``ext`` None: the system writes no file (the control). ``keep``: list to collect the
+            reconstructions in (by image index).
+            """
             key, label = point.system.key, point.label
-            folder = tmp / "streams" / key / label
-            folder.mkdir(parents=True, exist_ok=True)
+            tfolder = folder("streams", point, ext)
             for i, (name, img) in enumerate(zip(names, test)):
-                rec, info = code(img, folder / f"{name}.{ext}")
+                rec, info = code(i, img, tfolder and tfolder / f"{name}.{ext}")
                 h, w = img.shape[:2]
                 row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
                        **metric(rec, uint8_to_tensor(img))}
                 point.images.append(row)
+                if keep is not None:
+                    keep.append(rec)
                 if i == 0 and in_grid:
                     grid[(key, label)] = (tensor_to_uint8(rec), row["bpp"])
                 bar.update(1)
             fid_recs = []
             if fid_set is not None:
-                ffolder = tmp / "streams_fid" / key / label
-                ffolder.mkdir(parents=True, exist_ok=True)
-                for name, img in zip(fid_names, (im for _, im in fid_set.images)):
-                    rec, _ = code(img, ffolder / f"{name}.{ext}")
+                ffolder = folder("streams_fid", point, ext)
+                for j, (name, img) in enumerate(zip(fid_names, (im for _, im in fid_set.images))):
+                    rec, _ = code(len(test) + j, img, ffolder and ffolder / f"{name}.{ext}")
                     fid_recs.append(tensor_to_uint8(rec))
+                    if keep is not None:
+                        keep.append(fid_recs[-1])
                     bar.update(1)
                 point.fid, point.kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
             points.append(point)
@@ -321,23 +375,33 @@ def evaluate_model_set(
             label = f"r{r}"
             rate_info.append({"label": label, "package": str(member), "hash": meta["hash"],
                               "lambda_rd": meta.get("rate_point"), "config": meta.get("config")})
+            kept: dict[str, Kept] = {}
+            done: dict[str, Point] = {}
             for system in learned:
                 uses_diffusion = system.mode.uses_diffusion
                 k = (steps or model.config.diffusion.steps) if uses_diffusion else None
-                gamma = (model.config.correction.gamma if system.gamma is None else system.gamma) \
-                    if system.mode.name == "CORRDIFF" else None
-                point = Point(system, label, rate_index=r, gamma=gamma, steps=k)
-                run_point(point, lambda img, path, model=model: _code_learned(
+                corrdiff = system.mode.name == "CORRDIFF"
+                gamma = (model.config.correction.gamma if system.gamma is None else system.gamma) if corrdiff else None
+                point = Point(system, label, rate_index=r, gamma=gamma, steps=k,
+                              lambda_levels=model.config.correction.levels if corrdiff else None)
+                keep = kept.setdefault(system.key, []) if control is not None and system.key in ("corrdiff", "e2e") \
+                    else None
+                run_point(point, lambda i, img, path, model=model: _code_learned(
                     model, system, uint8_to_tensor(img), path, steps=steps, seed=seed, decode=decode),
-                    "pdc", in_grid=r == grid_rate)
-            del model
+                    "pdc", in_grid=r == grid_rate, keep=keep)
+                done[system.key] = point
+            if control is not None:
+                run_point(Point(control, label, rate_index=r),
+                          _matched_noise(done["e2e"], kept["e2e"], kept["corrdiff"], seed), None,
+                          in_grid=r == grid_rate)
+            del model, kept
 
         for system in classic_sys:
             codec = system.codec
             for q in codec.qualities:
                 label = f"q{q}"
                 point = Point(system, label, quality=q)
-                run_point(point, lambda img, path: _code_classic(codec, q, img, path), codec.ext)
+                run_point(point, lambda i, img, path: _code_classic(codec, q, img, path), codec.ext)
         bar.close()
 
         summary = _write_outputs(
@@ -356,6 +420,11 @@ def evaluate_model_set(
                 "gammas_skipped_as_model_default": list(skipped),
                 "seed": seed,
                 "lpips": with_lpips,
+                "control": None if control is None else {
+                    "system": CONTROL_KEY, "base": "e2e", "matched_to": "corrdiff", "metric": "psnr",
+                    "tolerance_db": PSNR_TOL_DB,
+                    "noise_seed": "pdc.rd.control.noise_seed(seed, image index: test, then FID)",
+                },
                 "decoded_from_files": decode,
                 "classic": {c.key: {"format": c.pil_format, "qualities": list(c.qualities), "options": c.options}
                             for c in codecs},
@@ -388,7 +457,7 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
     files += report.write_plot_data(tmp, points)
 
     for metric, fname in (("psnr", "rd_psnr.png"), ("ms_ssim", "rd_ms_ssim.png"), ("lpips", "rd_lpips.png"),
-                          ("fid", "rd_fid.png")):
+                          ("lpips_vgg", "rd_lpips_vgg.png"), ("fid", "rd_fid.png")):
         fid = context["fid_images"]
         title = f"bpp vs {report.METRIC_LABELS[metric]} — " + (
             what if metric != "fid" else f"{fid['count'] if fid else 0} image(s) of {Path(fid['folder']).name if fid else ''}")
@@ -405,7 +474,7 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
     grid_label = f"r{grid_rate}"
     panels = [(f"original ({names[0]})", test[0])]
     ref_bpp = grid.get(("corrdiff", grid_label), (None, None))[1]
-    for key in ("corrdiff", "diffusion", "e2e", "codec"):
+    for key in ("corrdiff", "diffusion", "e2e", CONTROL_KEY, "codec"):
         if (key, grid_label) in grid:
             img, b = grid[(key, grid_label)]
             name = next(p.system.name for p in points if p.system.key == key)
@@ -421,7 +490,7 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
     files.append(tmp / "crops.png")
 
     metrics = {
-        "systems": {key: {p.label: {k: p.metrics()[k] for k in ("bpp", "psnr", "ms_ssim", "lpips", "fid", "kid")}
+        "systems": {key: {p.label: {k: p.metrics()[k] for k in report.QUALITY_METRICS}
                           for p in pts} for key, pts in report.by_system(points).items()},
         "bd_rate": {name: res["value"] for name, res in bd["comparisons"].items()},
     }
@@ -432,8 +501,7 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
         **context,
         "systems": {
             key: {"name": pts[0].system.name, "kind": pts[0].system.kind, "description": pts[0].system.description,
-                  "points": [{"label": p.label, "gamma": p.gamma, "steps": p.steps, "quality": p.quality,
-                              "fid_note": p.fid_note, **p.metrics(), "per_image": p.images} for p in pts]}
+                  "points": [_point_summary(p) for p in pts]}
             for key, pts in report.by_system(points).items()
         },
         "rows": rows,
@@ -444,3 +512,13 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
     report.dump_json(tmp / "summary.json", summary)
     summary["_files"] = files
     return report.clean({k: v for k, v in summary.items() if k != "_files"}) | {"_files": files}
+
+
+def _point_summary(p: Point) -> dict[str, Any]:
+    """A point in ``summary.json``: identification, aggregated metrics, λ per step (CorrDiff), per image."""
+    out = {"label": p.label, "gamma": p.gamma, "steps": p.steps, "quality": p.quality, "fid_note": p.fid_note,
+           **p.metrics()}
+    lam = p.mean_lambda_per_step()
+    if lam is not None:
+        out["mean_lambda_per_step"] = lam
+    return out | {"per_image": p.images}

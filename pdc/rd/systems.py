@@ -10,12 +10,16 @@ from pdc.bitstream import Mode
 from pdc.rd.classic import ClassicCodec
 
 #: Metrics averaged over the test images (per-image values, then the mean, as CompressAI does).
-IMAGE_METRICS = ("bpp", "psnr", "ms_ssim", "lpips")
+#: ``lpips`` is LPIPS-alex (the headline, as in papers); ``lpips_vgg`` is reported beside it, so a
+#: texture gain that only one backbone sees stands out.
+IMAGE_METRICS = ("bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg")
+#: Key of the "e2e + matched noise" control (:mod:`pdc.rd.control`).
+CONTROL_KEY = "e2e-noise"
 
 
 @dataclass(frozen=True)
 class System:
-    key: str  # file-safe id: corrdiff, diffusion, e2e, codec, corrdiff-g0.5, jpeg, webp, avif
+    key: str  # file-safe id: corrdiff, diffusion, e2e, codec, corrdiff-g0.5, e2e-noise, jpeg, webp, avif
     name: str  # display name (JSON "name", plot legends)
     description: str
     kind: str  # "learned" (one point per rate point) or "classic" (one point per quality)
@@ -47,6 +51,14 @@ def learned_systems(gammas: tuple[float, ...] = ()) -> list[System]:
     return out
 
 
+def control_system() -> System:
+    """E2E reconstruction + Gaussian noise matched per image to CorrDiff's PSNR (same e2e file, same bpp)."""
+    return System(CONTROL_KEY, "E2E + matched noise",
+                  "The e2e decoder's reconstruction (same file and bpp) plus Gaussian noise whose σ is chosen per "
+                  "image so that its PSNR equals CorrDiff's: what noise alone buys on the perceptual metrics",
+                  "learned", Mode.E2E)
+
+
 def classic_systems(codecs: list[ClassicCodec]) -> list[System]:
     return [System(c.key, c.name, f"{c.pil_format} encoded and decoded by Pillow, qualities {list(c.qualities)}",
                    "classic", codec=c) for c in codecs]
@@ -69,6 +81,7 @@ class Point:
     quality: int | None = None
     gamma: float | None = None  # the γ actually used (CorrDiff)
     steps: int | None = None  # DDIM steps (diffusion-based modes)
+    lambda_levels: int | None = None  # CorrDiff: number of λ quantizer levels (to dequantize ``levels``)
     images: list[dict[str, Any]] = field(default_factory=list)
     fid: float | None = None
     kid: float | None = None
@@ -96,7 +109,18 @@ class Point:
         diffs = [r["decode_max_abs_diff"] for r in self.images if "decode_max_abs_diff" in r]
         if diffs:
             out["decode_max_abs_diff"] = max(diffs)
+        if any("noise_sigma" in r for r in self.images):
+            out["noise_sigma"] = self.mean("noise_sigma")
         return out
+
+    def mean_lambda_per_step(self) -> list[float] | None:
+        """Mean applied λ per sampling step over the images (levels dequantized to [0, 1]); None if no λ."""
+        per_image = [r["levels"] for r in self.images if r.get("levels")]
+        if not per_image or self.lambda_levels is None or len({len(v) for v in per_image}) != 1:
+            return None
+        from pdc.models.correction import dequantize
+
+        return [sum(dequantize(q, self.lambda_levels) for q in step) / len(step) for step in zip(*per_image)]
 
     def row(self) -> dict[str, Any]:
         """One CSV row: identification + the aggregated metrics."""

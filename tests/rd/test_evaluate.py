@@ -15,7 +15,8 @@ from pdc.rd.classic import ClassicCodec, classic_codecs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LEARNED = ["corrdiff", "diffusion", "e2e", "codec", "corrdiff-g0.5"]
-COMPRESSAI_KEYS = ["bpp", "psnr-rgb", "ms-ssim-rgb", "lpips", "fid", "kid"]
+CONTROL = "e2e-noise"
+COMPRESSAI_KEYS = ["bpp", "psnr-rgb", "ms-ssim-rgb", "lpips", "lpips-vgg", "fid", "kid"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def cli_run(model_set, tiny_images, tmp_path_factory):
 
 
 def _expected_points() -> dict[str, int]:
-    exp = {k: 2 for k in LEARNED}
+    exp = {k: 2 for k in LEARNED + [CONTROL]}
     exp.update({c.key: len(c.qualities) for c in classic_codecs()})
     return exp
 
@@ -45,7 +46,7 @@ def _expected_points() -> dict[str, int]:
 def test_cli_prints_table_and_elapsed(cli_run):
     out, text = cli_run
     assert "elapsed" in text
-    for key in ("corrdiff", "diffusion", "e2e", "codec", "jpeg", "webp"):
+    for key in ("corrdiff", "diffusion", "e2e", "codec", CONTROL, "jpeg", "webp", "LPIPS-VGG", "mean λ per step"):
         assert key in text
     assert (out / "summary.json").is_file()
     assert not list(out.parent.glob(f".{out.name}.*"))  # staging folder renamed away
@@ -65,7 +66,7 @@ def test_compressai_schema(cli_run):
             assert k in res, (key, k)
         assert {len(v) for v in res.values()} == {n}, key
         assert all(b > 0 for b in res["bpp"])
-        assert all(isinstance(v, float) for v in res["psnr-rgb"] + res["lpips"])
+        assert all(isinstance(v, float) for v in res["psnr-rgb"] + res["lpips"] + res["lpips-vgg"])
         assert res["fid"] == [None] * n and res["ms-ssim-rgb"] == [None] * n  # --no-fid; 64-px crops
 
 
@@ -90,6 +91,42 @@ def test_csv_has_one_row_per_system_and_point(cli_run):
         assert len(plot_rows) == n
         bpps = [float(r["bpp"]) for r in plot_rows]
         assert bpps == sorted(bpps)
+        assert all(np.isfinite(float(r["lpips_vgg"])) for r in plot_rows), key
+
+
+def test_lpips_vgg_is_reported_beside_lpips_alex(cli_run):
+    out, _ = cli_run
+    rows = list(csv.DictReader((out / "rd.csv").open()))
+    for r in rows:
+        alex, vgg = float(r["lpips"]), float(r["lpips_vgg"])
+        assert np.isfinite(alex) and np.isfinite(vgg) and alex != vgg, r["system"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(np.isfinite(m["lpips_vgg"]) for pts in metrics["systems"].values() for m in pts.values())
+    for point in _per_image(out)["corrdiff"]["points"]:
+        assert all(np.isfinite(r["lpips_vgg"]) for r in point["per_image"])
+
+
+def test_control_matches_corrdiff_psnr_per_image_at_the_e2e_rate(cli_run):
+    out, _ = cli_run
+    systems = _per_image(out)
+    rows = {r["system"]: r for r in csv.DictReader((out / "rd.csv").open()) if r["point"] == "r0"}
+    assert float(rows[CONTROL]["noise_sigma"]) >= 0
+    for label in ("r0", "r1"):
+        control, corr, e2e = ({r["image"]: r for r in next(p for p in systems[key]["points"]
+                                                            if p["label"] == label)["per_image"]}
+                              for key in (CONTROL, "corrdiff", "e2e"))
+        assert set(control) == set(corr) == set(e2e)
+        for name, row in control.items():
+            assert row["bpp"] == e2e[name]["bpp"] and row["bytes"] == e2e[name]["bytes"]  # the e2e file, no extra bits
+            assert (out / row["stream"]).is_file()
+            assert row["target_psnr"] == pytest.approx(corr[name]["psnr"])
+            if corr[name]["psnr"] >= e2e[name]["psnr"]:
+                assert row["noise_sigma"] == 0 and row["psnr"] == pytest.approx(e2e[name]["psnr"])
+            else:
+                assert row["noise_sigma"] > 0
+                assert abs(row["psnr"] - corr[name]["psnr"]) <= 0.1
+            for k in ("lpips", "lpips_vgg"):
+                assert np.isfinite(row[k])
 
 
 def _per_image(out: Path) -> dict:
@@ -142,7 +179,7 @@ def test_learned_bpp_is_the_pdc_file_size_and_decodes(cli_run):
 
 def test_plots_are_png_files(cli_run):
     out, _ = cli_run
-    for name in ("rd_psnr.png", "rd_lpips.png", "dp_curve.png", "crops.png"):
+    for name in ("rd_psnr.png", "rd_lpips.png", "rd_lpips_vgg.png", "dp_curve.png", "crops.png"):
         path = out / name
         assert path.read_bytes()[:8] == PNG_SIGNATURE, name
         with Image.open(path) as img:
@@ -156,13 +193,32 @@ def test_bd_rate_json_reports_value_or_reason(cli_run):
     bd = json.loads((out / "bd_rate.json").read_text())
     comps = bd["comparisons"]
     assert {"corrdiff_vs_diffusion_psnr", "corrdiff_vs_e2e_lpips", "corrdiff_gamma_front_vs_diffusion_psnr",
-            "corrdiff_gamma_front_vs_e2e_lpips"} <= set(comps)
+            "corrdiff_gamma_front_vs_e2e_lpips", "corrdiff_vs_jpeg_lpips", "corrdiff_vs_e2e_noise_lpips",
+            "corrdiff_vs_e2e_noise_lpips_vgg"} <= set(comps)
     for res in comps.values():
         assert (res["value"] is None) != (res["reason"] is None)
-        assert len(res["curves"]["anchor"]) == 2
+        assert len(res["curves"]["anchor"]) == _expected_points()[res["anchor"]]
+    assert comps["corrdiff_vs_jpeg_lpips"]["anchor"] == "jpeg"
+    assert comps["corrdiff_vs_e2e_noise_lpips"]["anchor"] == CONTROL
     dp = bd["distortion_perception"]
     assert set(dp) == {"r0", "r1"}
-    assert [e["tag"] for e in dp["r0"]] == ["diffusion", "γ=0.5", "γ=1", "e2e"]
+    assert [e["tag"] for e in dp["r0"]] == ["diffusion", "γ=0.5", "γ=1", "e2e"]  # the control is no D–P point
+
+
+def test_mean_lambda_per_step_dequantizes_the_recorded_levels(cli_run):
+    from tests.rd.conftest import MICRO
+
+    out, _ = cli_run
+    systems = _per_image(out)
+    levels = MICRO["correction"]["levels"]
+    for key in ("corrdiff", "corrdiff-g0.5"):
+        for point in systems[key]["points"]:
+            per_image = [r["levels"] for r in point["per_image"]]
+            expected = [float(np.mean(step)) / (levels - 1) for step in zip(*per_image)]
+            assert point["mean_lambda_per_step"] == pytest.approx(expected)
+            assert len(expected) == point["steps"] and all(0 <= v <= 1 for v in expected)
+    assert all("mean_lambda_per_step" not in p for key in ("e2e", "diffusion", "jpeg")
+               for p in systems[key]["points"])
 
 
 def test_rerun_replaces_its_own_folder_even_when_dvc_removed_outputs(lib_run, model_set, tiny_images, tmp_path):
@@ -176,7 +232,7 @@ def test_rerun_replaces_its_own_folder_even_when_dvc_removed_outputs(lib_run, mo
     shutil.rmtree(out / "systems")
     res = evaluate_model_set(model_set, tiny_images, out, limit=1, crop=64, gammas=(), progress=False,
                              with_lpips=False, classic=[], systems=("e2e",))
-    assert sorted(p.name for p in (out / "systems").iterdir()) == ["e2e.json"]
+    assert sorted(p.name for p in (out / "systems").iterdir()) == ["e2e.json"]  # no control without corrdiff
     assert not (out / "rd_fid.png").exists()  # the old run's files are gone, not mixed in
     assert len(res["rows"]) == 2
 
@@ -267,13 +323,13 @@ def test_summary_lists_output_files(lib_run):
         "bd_rate.json", "crops.png", "summary.json", "rd_psnr.png", "rd_fid.png"}
     assert res["outputs"] == res["files"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["systems"]) == {"corrdiff", "e2e", "jpeg"}
+    assert set(metrics["systems"]) == {"corrdiff", "e2e", CONTROL, "jpeg"}
     assert metrics["systems"]["jpeg"]["q60"]["psnr"] == pytest.approx(
         next(r["psnr"] for r in res["rows"] if r["point"] == "q60"))
     assert set(metrics["bd_rate"]) == set(json.loads((out / "bd_rate.json").read_text())["comparisons"])
     assert json.loads((out / "summary.json").read_text())["format"] == "pdc-rd/1"
-    assert len(res["rows"]) == 2 * 2 + 2
-    assert all(r["lpips"] is None for r in res["rows"])  # with_lpips=False
+    assert len(res["rows"]) == 2 * 3 + 2
+    assert all(r["lpips"] is None and r["lpips_vgg"] is None for r in res["rows"])  # with_lpips=False
     assert res["images"]["crop"] is None  # crop=0: full 80×72 images
     row = res["systems"]["e2e"]["points"][0]["per_image"][0]
     assert (row["height"], row["width"]) == (80, 72)
