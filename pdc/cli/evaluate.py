@@ -78,6 +78,23 @@ def print_table(summary: dict[str, Any], console=None) -> None:
         console.print(f"BD-rate {name}: {value}")
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _classic(text: str) -> list:
+    """``"jpeg,avif"`` → those Pillow baselines; ``"none"`` → none."""
+    from pdc.rd.classic import classic_codecs
+
+    wanted = set(_names(text) or []) - {"none"}
+    available = classic_codecs()
+    unknown = wanted - {c.key for c in available}
+    if unknown:
+        raise PdcError(f"--classic: unknown or unavailable codec(s) {sorted(unknown)} "
+                       f"(have: {', '.join(c.key for c in available)})")
+    return [c for c in available if c.key in wanted]
+
+
 def evaluate(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI (models:/corrdiff@champion).")
@@ -100,6 +117,19 @@ def evaluate(
     ] = None,
     no_lpips: Annotated[bool, typer.Option("--no-lpips", help="Skip LPIPS (alex and VGG).")] = False,
     seed: Annotated[int, typer.Option(help="Diffusion noise seed (stored in every stream).", min=0)] = 0,
+    systems: Annotated[
+        str | None,
+        typer.Option(help="Only these learned systems, comma-separated (corrdiff, diffusion, e2e, codec, "
+                          "corrdiff-g<γ>; the e2e-noise control runs when corrdiff and e2e do). Default: all."),
+    ] = None,
+    classic: Annotated[
+        str | None,
+        typer.Option(help="Classic baselines, comma-separated (jpeg, webp, avif) or 'none'. Default: all available."),
+    ] = None,
+    no_decode: Annotated[
+        bool, typer.Option("--no-decode", help="Score the encoder's simulation instead of decoding each written "
+                                              "stream (identical by construction, half the sampling time).")
+    ] = False,
 ) -> None:
     """RD(P) curves of every rate point vs diffusion-only, e2e, g_s, JPEG/WebP/AVIF; JSON, CSV, plots, BD-rate."""
     from pdc.cli.codec import model_path
@@ -120,7 +150,8 @@ def evaluate(
         raise PdcError(f"--crop {crop} is too small (use 0 for full images, or ≥ 16)")
     summary = evaluate_model_set(
         model_path(model), images, out, fid_images=fid_dir, limit=limit, crop=crop, steps=steps, gammas=gamma_values,
-        progress=True, with_lpips=not no_lpips, fid_limit=fid_limit, seed=seed,
+        progress=True, with_lpips=not no_lpips, fid_limit=fid_limit, seed=seed, decode=not no_decode,
+        systems=_names(systems), classic=None if classic is None else _classic(classic),
     )
     print_table(summary)
     typer.echo(f"wrote {len(summary['files'])} files to {summary['out']} (streams in {summary['streams_dir']})")

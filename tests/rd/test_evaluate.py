@@ -363,3 +363,29 @@ def test_undecoded_run_takes_the_encoder_simulation(lib_run):
     per_image = res["systems"]["corrdiff"]["points"][0]["per_image"]
     assert all("decode_s" not in r and "decode_max_abs_diff" not in r for r in per_image)
     assert all(len(r["levels"]) == 2 for r in per_image)  # K = 2 λ levels per image
+
+
+def test_cli_restricts_systems_and_classic_codecs(model_set, tiny_images, tmp_path):
+    from typer.testing import CliRunner
+
+    from pdc.cli.main import app
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(model_set), "--images", str(tiny_images), "--out", str(out), "--crop", "64",
+            "--limit", "1", "--no-fid", "--gammas", "none", "--systems", "corrdiff,e2e", "--classic", "jpeg",
+            "--no-decode"]
+    result = CliRunner().invoke(app, args, env={"PDC_NO_PROGRESS": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["systems"]) == {"corrdiff", "e2e", "e2e-noise", "jpeg"}
+    assert summary["decoded_from_files"] is False
+
+
+def test_cli_refuses_an_unknown_classic_codec(model_set, tiny_images, tmp_path, capsys):
+    from pdc.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--model", str(model_set), "--images", str(tiny_images), "--out", str(tmp_path / "e"),
+              "--no-fid", "--classic", "jpeg2000"])
+    assert exc.value.code == 2
+    assert "jpeg2000" in capsys.readouterr().err
