@@ -55,6 +55,45 @@ def read_loss_history(metrics: Path) -> list[float]:
     return [float(line.split(",")[1]) for line in f.read_text().splitlines()[1:] if line]
 
 
+def plot_loss_curves(metrics_files: list[Path], out: Path, smooth: int = 50) -> Path:
+    """One panel per stage: each file's per-step loss (light) and its running mean over ``smooth`` steps.
+
+    ``metrics_files`` are stage metrics JSONs (their ``*_loss.csv`` beside them is what is drawn); the
+    legend names each by its folder (the rate point). Written atomically as PNG.
+    """
+    import io
+
+    import numpy as np
+
+    from pdc.rd.report import _figure
+
+    curves: dict[str, list[tuple[str, list[float]]]] = {}
+    for f in metrics_files:
+        history = read_loss_history(Path(f))
+        if not history:
+            raise ConfigError(f"{loss_history_path(Path(f))}: no loss history to plot")
+        curves.setdefault(Path(f).stem, []).append((Path(f).parent.name, history))
+    plt, (fig, axes) = _figure(ncols=len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, (stage, series) in zip(axes[0], curves.items()):
+        for label, h in series:
+            y = np.asarray(h)
+            k = max(1, min(smooth, len(y) // 5))
+            mean = np.convolve(y, np.ones(k) / k, mode="valid")
+            line = ax.plot(np.arange(1, len(y) + 1), y, alpha=0.2, linewidth=0.6)[0]
+            ax.plot(np.arange(k, len(y) + 1), mean, color=line.get_color(), label=f"{label} (mean of {k})")
+        ax.set_title(f"{stage} loss")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
 def _result_metrics(stage: str, res: StageResult) -> dict[str, Any]:
     return {"stage": stage, "final_loss": res.final_loss, "steps": res.steps, "resumed_from": res.resumed_from,
             **res.metrics, "history": res.history}

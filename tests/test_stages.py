@@ -69,3 +69,20 @@ def test_unknown_rate_point_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown rate point 'r9'"):
         run_stage("codec", load_params(write_micro_params(tmp_path)), "r9", data=tmp_path, out=tmp_path / "x")
+
+
+def test_loss_curves_plot_one_panel_per_stage(tmp_path):
+    from pdc.stages import plot_loss_curves, write_metrics
+
+    files = []
+    for r in ("r0", "r1"):
+        for stage in ("codec", "diffusion"):
+            f = tmp_path / r / f"{stage}.json"
+            f.parent.mkdir(exist_ok=True)
+            write_metrics(f, {"stage": stage, "history": [1.0 / (i + 1) for i in range(120)]})
+            files.append(f)
+    out = plot_loss_curves(files, tmp_path / "curves.png")
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 2 * im.height  # two panels side by side

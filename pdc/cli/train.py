@@ -70,3 +70,16 @@ def collect(stages: Annotated[Path, typer.Option(help="Folder holding <rate poin
 
     index = run(load_params(params, profile), stages, out)
     typer.echo(f"{out}: {len(index['packages'])} rate points")
+
+
+@app.command("plot-losses")
+def plot_losses(
+    metrics_files: Annotated[list[Path], typer.Argument(help="Stage metrics JSONs (e.g. metrics/*/diffusion.json); "
+                                                           "the *_loss.csv beside each is drawn.")],
+    out: Out = Path("loss_curves.png"),
+    smooth: Annotated[int, typer.Option(help="Running-mean window in steps.", min=1)] = 50,
+) -> None:
+    """Loss curves as a PNG, one panel per stage, one line per rate point."""
+    from pdc.stages import plot_loss_curves
+
+    typer.echo(plot_loss_curves(metrics_files, out, smooth))
