@@ -20,28 +20,8 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import PrefectFuture
 
 from flows.ray_tasks import run_stage_on_ray
-from pdc.config import Params, load_params
-
-
-class Layout:
-    """Where each artifact lives below ``root`` (shared with dvc.yaml)."""
-
-    def __init__(self, root: Path, params: Params) -> None:
-        self.root = root
-        self.data = root / params.pipeline.data
-        self.shards = root / params.pipeline.shards
-        self.model_set = root / "models" / "corrdiff"
-        self.eval = root / "eval"
-        self.metrics = root / "metrics"
-
-    def package(self, rate: str, stage: str) -> Path:
-        return self.root / "models" / "stages" / rate / stage
-
-    def checkpoints(self, rate: str, stage: str) -> Path:
-        return self.root / "checkpoints" / rate / stage
-
-    def stage_metrics(self, rate: str, stage: str) -> Path:
-        return self.metrics / rate / f"{stage}.json"
+from pdc.config import load_params
+from pdc.pipeline import TRAIN_STAGES, Layout, stage as stage_spec
 
 
 @task(name="shards", retries=1)
@@ -50,25 +30,24 @@ def build_shards_task(params_path: Path, profile: str | None, root: Path) -> str
     from pdc.data.shards import build_shards
 
     params = load_params(params_path, profile)
-    lay = Layout(root, params)
-    if not any(lay.data.rglob("*.png")) and params.pipeline.data == "data/raw":
-        init_default_corpus(lay.data / "default")
-    manifest = build_shards(lay.data, lay.shards, shard_size=params.pipeline.shard_size,
+    lay = Layout.of(params, root)
+    if not any(lay.data_dir.rglob("*.png")) and params.pipeline.data == "data/raw":
+        init_default_corpus(lay.data_dir / "default")
+    manifest = build_shards(lay.data_dir, lay.shards_dir, shard_size=params.pipeline.shard_size,
                             val_fraction=params.pipeline.val_fraction)
     get_run_logger().info("shards: %s", {k: v for k, v in manifest.items() if k != "shards"})
-    return str(lay.shards)
+    return str(lay.shards_dir)
 
 
 @task(name="train-stage", retries=2, retry_delay_seconds=5, task_run_name="{stage}-{rate}")
 def stage_task(stage: str, rate: str, params_path: Path, profile: str | None, root: Path, shards: str) -> dict[str, Any]:
     params = load_params(params_path, profile)
-    lay = Layout(root, params)
-    prev = {"diffusion": "codec", "privileged": "diffusion", "correction": "privileged"}.get(stage)
+    lay = Layout.of(params, root)
     metrics = run_stage_on_ray(
         stage, params_path, profile, rate,
         data=Path(shards), out=lay.package(rate, stage),
-        init=lay.package(rate, prev) if prev else None,
-        workdir=lay.checkpoints(rate, stage) if stage != "correction" else None,
+        init=lay.init_package(rate, stage),
+        workdir=lay.checkpoints(rate, stage) if stage_spec(stage).checkpoints else None,
         metrics=lay.stage_metrics(rate, stage),
     )
     get_run_logger().info("%s[%s] done: %s", stage, rate,
@@ -81,8 +60,8 @@ def collect_task(params_path: Path, profile: str | None, root: Path) -> str:
     from pdc.stages import collect
 
     params = load_params(params_path, profile)
-    lay = Layout(root, params)
-    collect(params, root / "models" / "stages", lay.model_set)
+    lay = Layout.of(params, root)
+    collect(params, lay.stages_dir, lay.model_set)
     return str(lay.model_set)
 
 
@@ -91,9 +70,9 @@ def evaluate_task(params_path: Path, profile: str | None, root: Path, model_set:
     from flows.evaluate import run_evaluation
 
     params = load_params(params_path, profile)
-    lay = Layout(root, params)
-    run_evaluation(Path(model_set), params, lay.eval, root=root)
-    return str(lay.eval)
+    lay = Layout.of(params, root)
+    run_evaluation(Path(model_set), params, lay.eval_dir, root=root)
+    return str(lay.eval_dir)
 
 
 @task(name="log-register-promote")
@@ -101,8 +80,8 @@ def register_task(params_path: Path, profile: str | None, root: Path, model_set:
     from pdc.tracking import log_pipeline
 
     params = load_params(params_path, profile)
-    lay = Layout(root, params)
-    result = log_pipeline(params, Path(model_set), lay.metrics, Path(eval_dir) if eval_dir else None,
+    lay = Layout.of(params, root)
+    result = log_pipeline(params, Path(model_set), lay.metrics_dir, Path(eval_dir) if eval_dir else None,
                           extra_tags={"orchestrator": "prefect+ray"})
     get_run_logger().info("registered %s v%s: %s", params.pipeline.registered_model, result["version"], result["reason"])
     return result
@@ -117,8 +96,8 @@ def train_flow(params_path: str = "params.yaml", profile: str | None = None, roo
     finals: list[PrefectFuture] = []
     for rate in params.rate_names():
         prev: PrefectFuture | None = None
-        for stage in ("codec", "diffusion", "privileged", "correction"):
-            prev = stage_task.submit(stage, rate, params_file, profile, root_dir, shards,
+        for spec in TRAIN_STAGES:  # a chain: each stage starts from its predecessor's package
+            prev = stage_task.submit(spec.name, rate, params_file, profile, root_dir, shards,
                                      wait_for=[prev] if prev is not None else [])
         finals.append(prev)
     stage_metrics = [f.result() for f in finals]

@@ -22,7 +22,7 @@ from pdc.errors import ConfigError
 from pdc.fsutil import atomic_write_bytes
 from pdc.train import MetricLogger, StageResult
 
-STAGES = ("codec", "diffusion", "privileged", "correction")
+from pdc.pipeline import STAGE_NAMES as STAGES  # the one stage list (pdc/pipeline.py)
 
 
 def _batches(data: Path, cfg, seed_offset: int = 0):
@@ -119,13 +119,18 @@ def run_stage(
         raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
     if rate_point not in params.rate_points:
         raise ConfigError(f"unknown rate point {rate_point!r} (params.yaml has: {', '.join(params.rate_names())})")
+    from pdc.pipeline import code_version, data_version
+
     prof = params.active
     lmbda = params.rate_points[rate_point]
-    extra = {"stage": stage, "rate_point": rate_point, "lmbda": lmbda, "profile": params.profile}
+    versions = {"data_version": data_version(data), "code_version": code_version(stage)}
+    # A checkpoint is resumed only by the same data and code (and configuration, see pdc.train).
+    identity = f"data={versions['data_version']};code={versions['code_version']}"
+    extra = {"stage": stage, "rate_point": rate_point, "lmbda": lmbda, "profile": params.profile, **versions}
     device = resolve_device(prof.device)
     if stage == "codec":
         model = init_model(prof.model, seed=prof.train.codec.seed).to(device)
-        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec), prof.train.codec, workdir, log)
+        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec), prof.train.codec, workdir, log, identity)
         result = _result_metrics(stage, res)
     else:
         if init is None:
@@ -141,7 +146,8 @@ def run_stage(
         else:
             cfg = getattr(prof.train, stage)
             fn = T.train_diffusion if stage == "diffusion" else T.train_privileged_decoder
-            result = _result_metrics(stage, fn(model, _batches(data, cfg), cfg, workdir, log))
+            result = _result_metrics(stage, fn(model, _batches(data, cfg), cfg, workdir, log, identity))
+    result.update(versions)
     result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
     write_metrics(metrics, result)
     return result

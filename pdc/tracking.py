@@ -25,6 +25,7 @@ from typing import Any
 from pdc.config import Params, PromotionConfig
 from pdc.errors import ModelPackageError
 from pdc.promotion import Decision, RDPoint, decide
+from pdc.pipeline import STAGE_NAMES, stage_metrics_file
 from pdc.stages import read_loss_history
 
 CHAMPION = "champion"
@@ -101,8 +102,8 @@ def log_pipeline(
         mlflow.log_params(_flat("", {"profile": params.profile, "rate_points": params.rate_points}))
         mlflow.log_params(_flat("model", params.active.model.model_dump(mode="json")))
         for rate in params.rate_names():
-            for stage in ("codec", "diffusion", "privileged", "correction"):
-                f = metrics_dir / rate / f"{stage}.json"
+            for stage in STAGE_NAMES:
+                f = stage_metrics_file(metrics_dir, rate, stage)
                 if not f.is_file():
                     continue
                 m = json.loads(f.read_text())

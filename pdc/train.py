@@ -6,9 +6,10 @@ They take any iterator of (B, 3, crop, crop) batches in [0, 1] (see :mod:`pdc.da
 function runs from the CLI, a DVC stage or a Prefect/Ray task.
 
 Resumability: every ``checkpoint_every`` steps the stage writes ``<workdir>/<stage>.ckpt.pt``
-atomically (module and optimizer states, step, loss history, and a fingerprint of the run's
-configuration). Called again with the same workdir and configuration it continues from that step
-instead of starting over; a checkpoint of a different configuration is ignored (training restarts).
+atomically (module, optimizer and EMA states, step, loss history, and a fingerprint of the run's
+identity: configuration except ``steps``, frozen inputs, and the caller's data and code versions).
+Called again with the same workdir and identity it continues from that step (also when ``steps`` was
+raised) instead of starting over; a checkpoint of another identity is ignored (training restarts).
 """
 
 from __future__ import annotations
@@ -50,12 +51,25 @@ def _progress(total: int, start: int, desc: str):
     return tqdm(total=total, initial=start, desc=desc, unit="step", disable=os.environ.get("PDC_NO_PROGRESS") == "1")
 
 
+#: Settings that say how long or how often, not what is trained: a run that only raises ``steps``
+#: continues from its checkpoint.
+_NOT_IDENTITY = {"steps", "checkpoint_every"}
+
+
 def _fingerprint(*parts: object) -> str:
-    """Identity of a training run: a checkpoint is resumed only by a run with the same one."""
+    """Identity of a training run: a checkpoint is resumed only by a run with the same one.
+
+    The parts are the configuration (minus ``steps``/``checkpoint_every``), the frozen inputs' hashes
+    and the caller's ``identity`` (data and code versions, see :func:`pdc.stages.run_stage`).
+    """
     import hashlib
 
-    text = "|".join(p.model_dump_json() if hasattr(p, "model_dump_json") else repr(p) for p in parts)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def text(p: object) -> str:
+        if isinstance(p, StageTrainConfig):
+            return p.model_dump_json(exclude=_NOT_IDENTITY)
+        return p.model_dump_json() if hasattr(p, "model_dump_json") else repr(p)
+
+    return hashlib.sha256("|".join(text(p) for p in parts).encode()).hexdigest()[:16]
 
 
 def _part_hash(module: nn.Module) -> str:
@@ -176,6 +190,7 @@ def train_codec(
     cfg: StageTrainConfig,
     workdir: Path | None = None,
     log: MetricLogger | None = None,
+    identity: str = "",
 ) -> StageResult:
     """Stage 1: the hyperprior codec, loss = bpp + λ_rd · 255² · MSE, plus CompressAI's aux loss."""
     codec = model.codec
@@ -200,7 +215,7 @@ def train_codec(
         aux_opt.step()
         return {"loss": loss.item(), "bpp": rate.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
 
-    fp = _fingerprint(model.config.codec, cfg, lmbda)
+    fp = _fingerprint(model.config.codec, cfg, lmbda, identity)
     result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, step, batches, cfg, workdir, log, fp)
     codec.update(force=True)
     model.invalidate_hash()
@@ -219,6 +234,7 @@ def train_diffusion(
     cfg: DiffusionTrainConfig,
     workdir: Path | None = None,
     log: MetricLogger | None = None,
+    identity: str = "",
 ) -> StageResult:
     """Stage 2: denoising on the residual r0 = s·(x − g_s(ŷ)), codec frozen.
 
@@ -277,7 +293,7 @@ def train_diffusion(
         opt.step()
         return {"loss": loss.item(), **metrics}
 
-    fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec))
+    fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec), identity)
     result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log, fp,
                   ema_decay=cfg.ema_decay)
     model.codec.requires_grad_(True)
@@ -291,6 +307,7 @@ def train_privileged_decoder(
     cfg: StageTrainConfig,
     workdir: Path | None = None,
     log: MetricLogger | None = None,
+    identity: str = "",
 ) -> StageResult:
     """Stage 3: D_e on frozen ŷ for MSE, starting from the trained g_s (a fresh run copies it in)."""
     model.codec.eval().requires_grad_(False)
@@ -306,7 +323,7 @@ def train_privileged_decoder(
         opt.step()
         return {"loss": mse.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
 
-    fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec))
+    fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec), identity)
     result = _run("privileged", {"privileged": de}, {"main": opt}, step, batches, cfg, workdir, log, fp)
     model.codec.requires_grad_(True)
     model.invalidate_hash()

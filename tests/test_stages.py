@@ -86,3 +86,45 @@ def test_loss_curves_plot_one_panel_per_stage(tmp_path):
 
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 2 * im.height  # two panels side by side
+
+
+def test_raised_steps_continue_from_the_checkpoint(tmp_path):
+    from pdc.config import load_params
+    from pdc.stages import read_loss_history, run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    kw = dict(data=data, out=tmp_path / "pkg", workdir=tmp_path / "ck", metrics=tmp_path / "m.json")
+    assert run_stage("codec", load_params(write_micro_params(tmp_path)), "r0", **kw)["resumed_from"] == 0
+    longer = load_params(write_micro_params(tmp_path, codec={"steps": 6}))
+    res = run_stage("codec", longer, "r0", **kw)
+    assert res["resumed_from"] == 4 and res["steps"] == 6
+    assert len(read_loss_history(tmp_path / "m.json")) == 6
+
+
+def test_new_data_trains_from_scratch(tmp_path):
+    import shutil
+
+    from pdc.config import load_params
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    params = load_params(write_micro_params(tmp_path))
+    kw = dict(data=data, out=tmp_path / "pkg", workdir=tmp_path / "ck")
+    first = run_stage("codec", params, "r0", **kw)
+    extra = sorted(data.glob("*.png"))[0]
+    shutil.copy(extra, data / "imported_copy.png")  # `pdc data import` of one more image
+    second = run_stage("codec", params, "r0", **kw)
+    assert second["resumed_from"] == 0 and second["data_version"] != first["data_version"]
+
+
+def test_changed_training_code_trains_from_scratch(tmp_path, monkeypatch):
+    from pdc import pipeline
+    from pdc.config import load_params
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    params = load_params(write_micro_params(tmp_path))
+    kw = dict(data=data, out=tmp_path / "pkg", workdir=tmp_path / "ck")
+    assert run_stage("codec", params, "r0", **kw)["resumed_from"] == 0
+    monkeypatch.setattr(pipeline, "code_version", lambda stage, root=None: "edited")
+    assert run_stage("codec", params, "r0", **kw)["resumed_from"] == 0

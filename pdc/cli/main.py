@@ -36,6 +36,7 @@ app.command("decompress")(codec_cli.decompress)
 app.command("eval")(codec_cli.evaluate)
 app.command("evaluate")(evaluate_cli.evaluate)
 app.add_typer(train_cli.app, name="train")
+app.add_typer(train_cli.pipeline_app, name="pipeline")
 
 
 def main(argv: list[str] | None = None) -> None:

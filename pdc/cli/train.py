@@ -1,4 +1,9 @@
-"""``pdc train <stage>``: one training stage for one rate point, with parameters from params.yaml."""
+"""``pdc train <stage> -r <rate point>``: one training stage, with parameters from params.yaml.
+
+The commands are generated from :data:`pdc.pipeline.TRAIN_STAGES`; every path defaults to its place in
+:class:`pdc.pipeline.Layout`, so a stage command needs only its stage and rate point (what ``dvc.yaml``
+calls). ``pdc pipeline dvc-yaml`` writes ``dvc.yaml`` from the same definition.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +12,69 @@ from typing import Annotated
 
 import typer
 
+from pdc.pipeline import TRAIN_STAGES, TrainStage
+
 app = typer.Typer(
-    help="Run one training stage (codec → diffusion → privileged → correction) for one rate point; "
-    "`dvc repro` runs them all.",
+    help="Run one training stage (" + " → ".join(s.name for s in TRAIN_STAGES) + ") for one rate point; "
+    "`dvc repro` runs them all. Paths default to the pipeline layout (models/stages/<r>/<stage>, …).",
     no_args_is_help=True,
 )
 
 Params = Annotated[Path, typer.Option(help="params.yaml with rate points and profiles.")]
 ProfileOpt = Annotated[str | None, typer.Option(help="Profile name (default: params.yaml's `profile`).")]
 Rate = Annotated[str, typer.Option("--rate-point", "-r", help="Rate point name from params.yaml (e.g. r0).")]
-Data = Annotated[Path, typer.Option(help="Training data: a WebDataset shard folder or a folder of images.")]
-Init = Annotated[Path, typer.Option(help="Model package written by the previous stage.")]
-Out = Annotated[Path, typer.Option("--out", "-o", help="Model package to write.")]
-Work = Annotated[Path, typer.Option(help="Checkpoint folder: a killed run resumes from here.")]
-Metrics = Annotated[Path | None, typer.Option(help="Write the stage's metrics (and loss history) as JSON here.")]
+Data = Annotated[Path | None, typer.Option(help="Training data: a WebDataset shard folder or a folder of images "
+                                                "(default: pipeline.shards).")]
+Init = Annotated[Path | None, typer.Option(help="Model package written by the previous stage (default: its layout path).")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Model package to write (default: models/stages/<r>/<stage>).")]
+Work = Annotated[Path | None, typer.Option(help="Checkpoint folder: a killed run resumes from here "
+                                                "(default: checkpoints/<r>/<stage>).")]
+Metrics = Annotated[Path | None, typer.Option(help="Metrics JSON (and loss history CSV) to write "
+                                                   "(default: metrics/<r>/<stage>.json).")]
 
 
-def _run(stage: str, params: Path, profile: str | None, rate: str, **kw) -> None:
-    from pdc.config import load_params
-    from pdc.stages import run_stage
+def _stage_command(spec: TrainStage):
+    def command(rate_point: Rate, data: Data = None, init: Init = None, out: Out = None, workdir: Work = None,
+                params: Params = Path("params.yaml"), profile: ProfileOpt = None, metrics: Metrics = None) -> None:
+        from pdc.config import load_params
+        from pdc.pipeline import Layout
+        from pdc.stages import run_stage
 
-    res = run_stage(stage, load_params(params, profile), rate, **kw)
-    shown = {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "stage"}
-    typer.echo(f"{stage} [{rate}]: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                for k, v in shown.items()))
+        p = load_params(params, profile)
+        lay = Layout.of(p)
+        res = run_stage(
+            spec.name, p, rate_point,
+            data=data or lay.shards_dir,
+            init=init or lay.init_package(rate_point, spec.name),
+            out=out or lay.package(rate_point, spec.name),
+            workdir=(workdir or lay.checkpoints(rate_point, spec.name)) if spec.checkpoints else None,
+            metrics=metrics or lay.stage_metrics(rate_point, spec.name),
+        )
+        shown = {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "stage"}
+        typer.echo(f"{spec.name} [{rate_point}]: " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
-
-@app.command()
-def codec(rate_point: Rate, data: Data, out: Out, workdir: Work, params: Params = Path("params.yaml"),
-          profile: ProfileOpt = None, metrics: Metrics = None) -> None:
-    """Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point."""
-    _run("codec", params, profile, rate_point, data=data, out=out, workdir=workdir, metrics=metrics)
-
-
-@app.command()
-def diffusion(rate_point: Rate, data: Data, init: Init, out: Out, workdir: Work, params: Params = Path("params.yaml"),
-              profile: ProfileOpt = None, metrics: Metrics = None) -> None:
-    """Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."""
-    _run("diffusion", params, profile, rate_point, data=data, init=init, out=out, workdir=workdir, metrics=metrics)
-
-
-@app.command()
-def privileged(rate_point: Rate, data: Data, init: Init, out: Out, workdir: Work,
-               params: Params = Path("params.yaml"), profile: ProfileOpt = None, metrics: Metrics = None) -> None:
-    """Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ."""
-    _run("privileged", params, profile, rate_point, data=data, init=init, out=out, workdir=workdir, metrics=metrics)
+    command.__doc__ = spec.help
+    return command
 
 
-@app.command()
-def correction(rate_point: Rate, data: Data, init: Init, out: Out, params: Params = Path("params.yaml"),
-               profile: ProfileOpt = None, metrics: Metrics = None) -> None:
-    """Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured PSNR."""
-    _run("correction", params, profile, rate_point, data=data, init=init, out=out, metrics=metrics)
+for _spec in TRAIN_STAGES:
+    app.command(_spec.name)(_stage_command(_spec))
 
 
 @app.command()
-def collect(stages: Annotated[Path, typer.Option(help="Folder holding <rate point>/correction packages.")],
-            out: Out, params: Params = Path("params.yaml"), profile: ProfileOpt = None) -> None:
+def collect(stages: Annotated[Path | None, typer.Option(help="Folder holding <rate point>/correction packages "
+                                                              "(default: models/stages).")] = None,
+            out: Out = None, params: Params = Path("params.yaml"), profile: ProfileOpt = None) -> None:
     """Gather every rate point's final package into one model set (what gets registered)."""
     from pdc.config import load_params
+    from pdc.pipeline import Layout
     from pdc.stages import collect as run
 
-    index = run(load_params(params, profile), stages, out)
+    p = load_params(params, profile)
+    lay = Layout.of(p)
+    out = out or lay.model_set
+    index = run(p, stages or lay.stages_dir, out)
     typer.echo(f"{out}: {len(index['packages'])} rate points")
 
 
@@ -76,10 +82,35 @@ def collect(stages: Annotated[Path, typer.Option(help="Folder holding <rate poin
 def plot_losses(
     metrics_files: Annotated[list[Path], typer.Argument(help="Stage metrics JSONs (e.g. metrics/*/diffusion.json); "
                                                            "the *_loss.csv beside each is drawn.")],
-    out: Out = Path("loss_curves.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("loss_curves.png"),
     smooth: Annotated[int, typer.Option(help="Running-mean window in steps.", min=1)] = 50,
 ) -> None:
     """Loss curves as a PNG, one panel per stage, one line per rate point."""
     from pdc.stages import plot_loss_curves
 
     typer.echo(plot_loss_curves(metrics_files, out, smooth))
+
+
+pipeline_app = typer.Typer(help="The pipeline definition (pdc/pipeline.py) and what is generated from it.",
+                           no_args_is_help=True)
+
+
+@pipeline_app.command("dvc-yaml")
+def dvc_yaml_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")] = Path("dvc.yaml"),
+    check: Annotated[bool, typer.Option("--check", help="Only compare: exit 1 when the file differs.")] = False,
+) -> None:
+    """Write dvc.yaml from the pipeline definition (or --check that it is current)."""
+    from pdc.fsutil import atomic_write_bytes
+    from pdc.pipeline import dvc_yaml
+
+    text = dvc_yaml()
+    if check:
+        current = out.read_text() if out.is_file() else ""
+        if current != text:
+            typer.echo(f"{out} differs from pdc/pipeline.py: run `pdc pipeline dvc-yaml`", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out} is current")
+        return
+    atomic_write_bytes(out, text.encode())
+    typer.echo(f"wrote {out}")

@@ -1,0 +1,252 @@
+"""The training pipeline declared once, as data: its stages, their order, inputs, outputs and code.
+
+Everything that runs the pipeline reads this module: ``pdc train <stage>`` (default paths),
+:mod:`pdc.stages` (which stages exist, what a stage resumes from), the Prefect flow (task graph and
+layout), MLflow tracking (which stage metrics to log) and ``dvc.yaml``, which is *generated* from it
+(``pdc pipeline dvc-yaml``; a test checks that the committed file is the generated one)::
+
+    data/raw (data.dvc) ─▶ shards ─▶ codec@r ─▶ diffusion@r ─▶ privileged@r ─▶ correction@r ─┐
+                                                                (one chain per rate point r) │
+                          register (MLflow run, registry, champion) ◀─ evaluate ◀─ collect ◀──┘
+
+A stage's *code* is the list of files it runs; DVC re-runs the stage when one of them changes, and the
+training stages fold their hash into the checkpoint identity (:func:`code_version`), so a checkpoint
+written by other code is never resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+
+_TRAIN_CODE = ("pdc/train.py", "pdc/stages.py", "pdc/pipeline.py", "pdc/config.py", "pdc/models", "pdc/data/loader.py")
+
+
+@dataclass(frozen=True)
+class TrainStage:
+    """One per-rate-point training stage."""
+
+    name: str
+    #: The stage whose package this one starts from (None: a fresh model).
+    init: str | None
+    #: Resumable checkpoints (training loops); the correction fit has none.
+    checkpoints: bool
+    #: Code it runs (files or folders, relative to the repository root).
+    code: tuple[str, ...]
+    #: Keys of the active profile's ``train`` section it reads.
+    train_params: tuple[str, ...]
+    help: str
+
+
+TRAIN_STAGES: tuple[TrainStage, ...] = (
+    TrainStage("codec", None, True, _TRAIN_CODE, ("codec",),
+               "Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point."),
+    TrainStage("diffusion", "codec", True, _TRAIN_CODE + ("pdc/metrics/perceptual.py", "pdc/weights.py"), ("diffusion",),
+               "Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."),
+    TrainStage("privileged", "diffusion", True, _TRAIN_CODE, ("privileged",),
+               "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ."),
+    TrainStage("correction", "privileged", False, _TRAIN_CODE + ("pdc/metrics",),
+               ("correction_images", "correction_crop"),
+               "Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured quality."),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in TRAIN_STAGES)
+#: Code of the stages around the chains (DVC dependencies).
+SHARDS_CODE = ("pdc/data",)
+COLLECT_CODE = ("pdc/stages.py", "pdc/models/package.py")
+EVALUATE_CODE = ("pdc/rd", "pdc/metrics", "pdc/codec.py", "pdc/bitstream.py", "pdc/models")
+REGISTER_CODE = ("flows/register.py", "pdc/tracking.py", "pdc/promotion.py", "pdc/rd/bd.py")
+
+
+def stage(name: str) -> TrainStage:
+    from pdc.errors import ConfigError
+
+    for s in TRAIN_STAGES:
+        if s.name == name:
+            return s
+    raise ConfigError(f"unknown stage {name!r} (one of {', '.join(STAGE_NAMES)})")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every artifact lives, relative to ``root`` (the repository for DVC, ``--root`` for Prefect)."""
+
+    root: Path = Path(".")
+    data: str = "data/raw"
+    shards: str = "data/shards"
+
+    @classmethod
+    def of(cls, params, root: Path | str = ".") -> "Layout":
+        return cls(Path(root), params.pipeline.data, params.pipeline.shards)
+
+    def _p(self, rel: str) -> Path:
+        return self.root / rel
+
+    @property
+    def data_dir(self) -> Path:
+        return self._p(self.data)
+
+    @property
+    def shards_dir(self) -> Path:
+        return self._p(self.shards)
+
+    @property
+    def stages_dir(self) -> Path:
+        return self._p("models/stages")
+
+    @property
+    def model_set(self) -> Path:
+        return self._p("models/corrdiff")
+
+    @property
+    def eval_dir(self) -> Path:
+        return self._p("eval")
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self._p("metrics")
+
+    def package(self, rate: str, stage_name: str) -> Path:
+        return self.stages_dir / rate / stage_name
+
+    def checkpoints(self, rate: str, stage_name: str) -> Path:
+        return self._p(f"checkpoints/{rate}/{stage_name}")
+
+    def stage_metrics(self, rate: str, stage_name: str) -> Path:
+        return stage_metrics_file(self.metrics_dir, rate, stage_name)
+
+    def init_package(self, rate: str, stage_name: str) -> Path | None:
+        prev = stage(stage_name).init
+        return self.package(rate, prev) if prev else None
+
+
+def stage_metrics_file(metrics_dir: Path, rate: str, stage_name: str) -> Path:
+    """A stage's metrics JSON inside a metrics folder (its loss CSV lies beside it)."""
+    return Path(metrics_dir) / rate / f"{stage_name}.json"
+
+
+# -- identity of code and data ----------------------------------------------------------------------
+def _files(paths: tuple[str, ...], root: Path) -> list[Path]:
+    out: list[Path] = []
+    for rel in paths:
+        p = root / rel
+        out.extend(sorted(f for f in p.rglob("*.py")) if p.is_dir() else [p] if p.is_file() else [])
+    return out
+
+
+def code_version(stage_name: str, root: Path = REPO_ROOT) -> str:
+    """SHA-256 (16 hex) over the source files a stage runs: a changed file means a changed stage."""
+    h = hashlib.sha256()
+    for f in _files(stage(stage_name).code, root):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def data_version(source: Path) -> str:
+    """Identity of training data: the shards' manifest (source hash + shard hashes) or a folder's tree hash."""
+    import json
+
+    from pdc.data.shards import MANIFEST, read_manifest
+    from pdc.fsutil import tree_hash
+
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        m = read_manifest(source)
+        text = json.dumps({"source": m.get("source_hash"), "shards": m.get("shards")}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return tree_hash(source)[:16]
+
+
+# -- dvc.yaml, generated ----------------------------------------------------------------------------
+DVC_HEADER = """\
+# GENERATED from pdc/pipeline.py by `pdc pipeline dvc-yaml` — edit that module, not this file
+# (tests/test_pipeline.py fails when they differ). Every stage calls the `pdc` CLI with its stage and
+# rate point; paths come from pdc.pipeline.Layout, values from params.yaml, and each stage lists the
+# code it runs, so `dvc repro` re-runs exactly the stages whose code, data or parameters changed.
+#
+#   data/raw (data.dvc) ─▶ shards ─▶ codec@r ─▶ diffusion@r ─▶ privileged@r ─▶ correction@r ─┐
+#                                                                 (one chain per rate point r) │
+#                          register (MLflow run, registry, champion) ◀─ evaluate ◀─ collect ◀──┘
+#
+# Checkpoints live in checkpoints/<r>/<stage>/ (persist: true), so a killed stage resumes.
+"""
+
+
+def dvc_stages() -> dict:
+    """The ``dvc.yaml`` document (DVC templating: ``${key}`` is the rate point, ``${...}`` params.yaml)."""
+    lay = Layout(Path("."), "${pipeline.data}", "${pipeline.shards}")
+    r = "${key}"
+
+    def rel(p: Path) -> str:
+        return p.as_posix()
+
+    stages: dict = {
+        "shards": {
+            "cmd": "pdc data shards --src ${pipeline.data} --out ${pipeline.shards} "
+                   "--shard-size ${pipeline.shard_size} --val-fraction ${pipeline.val_fraction}",
+            "deps": ["${pipeline.data}", *SHARDS_CODE],
+            "params": ["pipeline.shard_size", "pipeline.val_fraction"],
+            "outs": ["${pipeline.shards}"],
+        }
+    }
+    for s in TRAIN_STAGES:
+        init = lay.init_package(r, s.name)
+        metrics = lay.stage_metrics(r, s.name)
+        do: dict = {
+            "cmd": f"pdc train {s.name} -r {r}",
+            "deps": [rel(lay.shards_dir), *([rel(init)] if init else []), *s.code],
+            "params": (["profile", f"rate_points.{r}", "profiles.${profile}.model"] if s.init is None else [])
+            + [f"profiles.${{profile}}.train.{k}" for k in s.train_params],
+            "outs": [rel(lay.package(r, s.name))]
+            + ([{rel(lay.checkpoints(r, s.name)): {"persist": True, "cache": False}}] if s.checkpoints else []),
+            "metrics": [{rel(metrics): {"cache": False}}],
+        }
+        if s.checkpoints:
+            do["plots"] = [{rel(metrics.with_name(f"{s.name}_loss.csv")): {"cache": False, "x": "step", "y": "loss"}}]
+        stages[s.name] = {"foreach": "${rate_points}", "do": do}
+    stages["collect"] = {
+        "cmd": "pdc train collect",
+        "deps": [rel(lay.stages_dir), *COLLECT_CODE],
+        "params": ["rate_points"],
+        "outs": [rel(lay.model_set)],
+    }
+    stages["evaluate"] = {
+        "cmd": f"pdc evaluate --model {rel(lay.model_set)} --images ${{pipeline.evaluate.images}} --out {rel(lay.eval_dir)} "
+               "--crop ${pipeline.evaluate.crop} --gammas ${pipeline.evaluate.gammas} --no-fid",
+        "deps": [rel(lay.model_set), "${pipeline.evaluate.images}", *EVALUATE_CODE],
+        "params": ["pipeline.evaluate"],
+        "outs": [rel(lay.eval_dir)],
+    }
+    stages["register"] = {
+        "cmd": f"python -m flows.register --model-set {rel(lay.model_set)} --eval {rel(lay.eval_dir)} "
+               f"--metrics {rel(lay.metrics_dir)} --out {rel(lay.metrics_dir / 'registry.json')}",
+        "deps": [rel(lay.model_set), rel(lay.eval_dir), *REGISTER_CODE],
+        "params": ["pipeline.experiment", "pipeline.registered_model", "pipeline.promotion"],
+        "metrics": [{rel(lay.metrics_dir / "registry.json"): {"cache": False}}],
+    }
+    return {"stages": stages}
+
+
+#: Systems drawn in the DVC RD plots (the eval/plots/<system>.csv files of `pdc evaluate`).
+PLOT_SYSTEMS = ("corrdiff", "diffusion", "e2e", "e2e-noise", "codec", "jpeg", "webp", "avif")
+
+
+def dvc_yaml() -> str:
+    """The complete generated ``dvc.yaml`` text."""
+    import yaml
+
+    doc = dvc_stages()
+    doc["metrics"] = ["eval/metrics.json"]
+    plots: list = []
+    for metric, label in (("psnr", "PSNR (dB)"), ("lpips", "LPIPS-alex (lower is better)"),
+                          ("lpips_vgg", "LPIPS-VGG (lower is better)")):
+        plots.append({f"rd_{metric}": {"template": "linear", "x": "bpp",
+                                       "y": {f"eval/plots/{s}.csv": metric for s in PLOT_SYSTEMS},
+                                       "x_label": "bit-rate (bpp)", "y_label": label}})
+    plots += ["eval/rd_psnr.png", "eval/rd_lpips.png", "eval/rd_lpips_vgg.png", "eval/dp_curve.png", "eval/crops.png"]
+    doc["plots"] = plots
+    body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=200)
+    return DVC_HEADER + "\n" + body

@@ -1,0 +1,49 @@
+"""The pipeline definition (pdc/pipeline.py) is the one source of dvc.yaml, the CLI's paths and code hashes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from pdc.pipeline import REPO_ROOT, STAGE_NAMES, TRAIN_STAGES, Layout, code_version, dvc_yaml, stage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_dvc_yaml_is_the_generated_one():
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "run `pdc pipeline dvc-yaml` after editing pdc/pipeline.py"
+
+
+def test_every_training_stage_lists_existing_code_and_its_predecessor():
+    doc = yaml.safe_load(dvc_yaml())["stages"]
+    for s in TRAIN_STAGES:
+        do = doc[s.name]["do"]
+        assert do["cmd"] == f"pdc train {s.name} -r ${{key}}"  # stage and rate point, nothing else
+        for rel in s.code:
+            assert (ROOT / rel).exists(), rel
+            assert rel in do["deps"]
+        if s.init:
+            assert f"models/stages/${{key}}/{s.init}" in do["deps"]
+    assert [s.name for s in TRAIN_STAGES] == list(STAGE_NAMES) == ["codec", "diffusion", "privileged", "correction"]
+
+
+def test_code_version_follows_the_stage_code(tmp_path):
+    for rel in stage("diffusion").code:
+        src = REPO_ROOT / rel
+        dst = tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    before = code_version("diffusion", tmp_path)
+    assert before == code_version("diffusion", REPO_ROOT)
+    (tmp_path / "pdc/train.py").write_text((tmp_path / "pdc/train.py").read_text() + "\n# edited\n")
+    assert code_version("diffusion", tmp_path) != before
+
+
+def test_layout_names_each_artifact_once():
+    lay = Layout(Path("/r"))
+    assert lay.package("r0", "diffusion") == Path("/r/models/stages/r0/diffusion")
+    assert lay.init_package("r0", "diffusion") == lay.package("r0", "codec")
+    assert lay.init_package("r0", "codec") is None
+    assert lay.stage_metrics("r1", "codec") == Path("/r/metrics/r1/codec.json")
