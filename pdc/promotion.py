@@ -8,21 +8,20 @@ A candidate is promoted when
    ``max_psnr_drop_db`` below the champion's (a fidelity floor, so perceptual gains cannot be bought
    with drift).
 
-BD-rate here integrates log-rate as a piecewise-linear function of −LPIPS over the overlapping quality
-range (the usual Bjøntegaard construction with linear instead of cubic interpolation, so that two or
-three rate points suffice; with four or more, the ``bjontegaard`` package's PCHIP variant is used).
+BD-rate is :func:`pdc.rd.bd.bd_rate`, the one implementation the evaluation's ``bd_rate.json`` uses
+too (cubic with ≥ 4 points per curve, PCHIP with 2–3), champion as anchor, LPIPS lower-is-better.
 With a single rate point each, the candidate must be no larger and strictly better in LPIPS.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from pdc.config import PromotionConfig
+from pdc.rd.bd import bd_rate
 
 
 class RDPoint(NamedTuple):
@@ -36,27 +35,6 @@ class Decision(NamedTuple):
     reason: str
     bd_rate_lpips: float | None  # percent; negative = candidate saves bits
     psnr_delta_db: float | None  # candidate minus champion, mean over rate points
-
-
-def bd_rate_linear(rate_a: Sequence[float], q_a: Sequence[float], rate_b: Sequence[float], q_b: Sequence[float]) -> float | None:
-    """BD-rate (%) of curve b vs anchor a, quality ``q`` higher-is-better; None without overlap."""
-    if min(len(rate_a), len(rate_b)) >= 4:
-        import bjontegaard
-
-        try:
-            return float(bjontegaard.bd_rate(list(rate_a), list(q_a), list(rate_b), list(q_b), method="pchip",
-                                             require_matching_points=False, min_overlap=0))
-        except ValueError:
-            pass  # non-monotonic curves: fall back to the linear construction
-    ia, ib = np.argsort(q_a), np.argsort(q_b)
-    qa, la = np.asarray(q_a, float)[ia], np.log(np.asarray(rate_a, float)[ia])
-    qb, lb = np.asarray(q_b, float)[ib], np.log(np.asarray(rate_b, float)[ib])
-    lo, hi = max(qa[0], qb[0]), min(qa[-1], qb[-1])
-    if not hi > lo:
-        return None
-    grid = np.linspace(lo, hi, 256)
-    diff = np.trapz(np.interp(grid, qb, lb) - np.interp(grid, qa, la), grid) / (hi - lo)
-    return float((math.exp(diff) - 1) * 100)
 
 
 def decide(candidate: Sequence[RDPoint], champion: Sequence[RDPoint] | None, rule: PromotionConfig) -> Decision:
@@ -73,10 +51,10 @@ def decide(candidate: Sequence[RDPoint], champion: Sequence[RDPoint] | None, rul
         better = c.bpp <= k.bpp and c.lpips < k.lpips
         why = "fewer or equal bits and lower LPIPS" if better else "not better in both bpp and LPIPS"
         return Decision(better, why, None, dpsnr)
-    bd = bd_rate_linear([p.bpp for p in champion], [-p.lpips for p in champion],
-                        [p.bpp for p in candidate], [-p.lpips for p in candidate])
+    res = bd_rate([(p.bpp, p.lpips) for p in champion], [(p.bpp, p.lpips) for p in candidate], higher_is_better=False)
+    bd = res["value"]
     if bd is None:
-        return Decision(False, "LPIPS ranges do not overlap: cannot compare at equal quality", None, dpsnr)
+        return Decision(False, f"no BD-rate on LPIPS: {res['reason']}", None, dpsnr)
     if bd < rule.max_bd_rate_lpips:
         return Decision(True, f"BD-rate on LPIPS {bd:+.2f} % with PSNR {dpsnr:+.2f} dB", bd, dpsnr)
     return Decision(False, f"BD-rate on LPIPS {bd:+.2f} % is not below {rule.max_bd_rate_lpips} %", bd, dpsnr)

@@ -5,16 +5,26 @@ from __future__ import annotations
 import pytest
 
 from pdc.config import PromotionConfig
-from pdc.promotion import RDPoint, bd_rate_linear, decide
+from pdc.promotion import RDPoint, decide
+from pdc.rd.bd import bd_rate
 
 RULE = PromotionConfig(max_bd_rate_lpips=0.0, max_psnr_drop_db=0.5)
 CHAMP = [RDPoint(0.10, 26.0, 0.30), RDPoint(0.20, 28.0, 0.20)]
 
 
-def test_bd_rate_of_a_uniformly_cheaper_curve():
-    assert bd_rate_linear([0.1, 0.2], [1, 2], [0.08, 0.16], [1, 2]) == pytest.approx(-20.0)
-    assert bd_rate_linear([0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4], [0.11, 0.22, 0.33, 0.44], [1, 2, 3, 4]) == pytest.approx(10.0, abs=1e-6)
-    assert bd_rate_linear([0.1, 0.2], [1, 2], [0.1, 0.2], [3, 4]) is None  # no overlap
+def test_the_rule_uses_the_evaluations_bd_rate():
+    """The champion rule and eval/bd_rate.json must give the same number for the same curves."""
+    cand = [RDPoint(0.085, 26.1, 0.31), RDPoint(0.17, 28.2, 0.21), RDPoint(0.3, 30.0, 0.15)]
+    champ = CHAMP + [RDPoint(0.35, 30.5, 0.14)]
+    d = decide(cand, champ, RULE)
+    expected = bd_rate([(p.bpp, p.lpips) for p in champ], [(p.bpp, p.lpips) for p in cand], higher_is_better=False)
+    assert expected["value"] is not None and d.bd_rate_lpips == expected["value"]
+
+
+def test_curves_without_overlap_are_not_compared():
+    cand = [RDPoint(p.bpp, p.psnr, p.lpips - 0.5) for p in CHAMP]
+    d = decide(cand, CHAMP, RULE)
+    assert not d.promote and "do not overlap" in d.reason
 
 
 def test_first_model_becomes_champion():
