@@ -15,20 +15,10 @@ from pdc.config import Params, load_params
 
 
 def run_evaluation(model_dir: Path, params: Params, out: Path, root: Path = Path("."), images: Path | None = None) -> dict[str, Any]:
-    """Evaluate with the pipeline's settings (``pipeline.evaluate`` in params.yaml)."""
-    from pdc.rd import evaluate_model_set
+    """Evaluate with the pipeline's settings, on unseen images (:func:`pdc.pipeline.evaluate_for_promotion`)."""
+    from pdc.pipeline import evaluate_for_promotion
 
-    ev = params.pipeline.evaluate
-    return evaluate_model_set(
-        model_dir,
-        images or (root / ev.images),
-        out,
-        fid_images=(root / ev.fid_images) if ev.fid_images else None,
-        limit=ev.limit,
-        crop=ev.crop or None,
-        gammas=ev.gamma_values,
-        progress=False,
-    )
+    return evaluate_for_promotion(params, root, model_dir=model_dir, out=out, images=images)
 
 
 @task(name="evaluate-model-set", retries=1)

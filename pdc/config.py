@@ -203,7 +203,9 @@ def parse_gammas(text: str | Sequence[float] | None) -> tuple[float, ...] | None
 class EvalConfig(_Strict):
     """What the pipeline's evaluate stage measures (validation for the promotion rule)."""
 
-    images: str = "data/raw/default"
+    #: Test images for the champion rule: a shards folder means its val split (images the model never
+    #: trained on); any image folder works too. Training images among them are refused.
+    images: str = "data/shards"
     fid_images: str | None = None
     #: Centre crop for quick CPU evaluation; 0 = full images.
     crop: int = Field(256, ge=0)

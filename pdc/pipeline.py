@@ -57,7 +57,7 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in TRAIN_STAGES)
 #: Code of the stages around the chains (DVC dependencies).
 SHARDS_CODE = ("pdc/data",)
 COLLECT_CODE = ("pdc/stages.py", "pdc/models/package.py")
-EVALUATE_CODE = ("pdc/rd", "pdc/metrics", "pdc/codec.py", "pdc/bitstream.py", "pdc/models")
+EVALUATE_CODE = ("pdc/rd", "pdc/metrics", "pdc/codec.py", "pdc/bitstream.py", "pdc/models", "pdc/pipeline.py")
 REGISTER_CODE = ("flows/register.py", "pdc/tracking.py", "pdc/promotion.py", "pdc/rd/bd.py")
 
 
@@ -126,6 +126,31 @@ class Layout:
 def stage_metrics_file(metrics_dir: Path, rate: str, stage_name: str) -> Path:
     """A stage's metrics JSON inside a metrics folder (its loss CSV lies beside it)."""
     return Path(metrics_dir) / rate / f"{stage_name}.json"
+
+
+def evaluate_for_promotion(params, root: Path | str = ".", model_dir: Path | None = None, out: Path | None = None,
+                           images: Path | None = None) -> dict:
+    """The pipeline's evaluation (``pipeline.evaluate``), on images the model never saw.
+
+    ``pipeline.evaluate.images`` is the shards folder by default (its val split) or any image folder;
+    images equal to a training image of ``pipeline.shards`` are refused. Used by the DVC stage
+    (``pdc pipeline evaluate``) and the Prefect flow, so the champion is picked the same way by both.
+    """
+    from pdc.rd import evaluate_model_set
+
+    lay = Layout.of(params, root)
+    ev = params.pipeline.evaluate
+    return evaluate_model_set(
+        model_dir or lay.model_set,
+        images or lay.root / ev.images,
+        out or lay.eval_dir,
+        fid_images=lay.root / ev.fid_images if ev.fid_images else None,
+        limit=ev.limit,
+        crop=ev.crop or None,
+        gammas=ev.gamma_values,
+        progress=False,
+        training_data=lay.shards_dir if lay.shards_dir.is_dir() else None,
+    )
 
 
 # -- identity of code and data ----------------------------------------------------------------------
@@ -214,9 +239,8 @@ def dvc_stages() -> dict:
         "outs": [rel(lay.model_set)],
     }
     stages["evaluate"] = {
-        "cmd": f"pdc evaluate --model {rel(lay.model_set)} --images ${{pipeline.evaluate.images}} --out {rel(lay.eval_dir)} "
-               "--crop ${pipeline.evaluate.crop} --gammas ${pipeline.evaluate.gammas} --no-fid",
-        "deps": [rel(lay.model_set), "${pipeline.evaluate.images}", *EVALUATE_CODE],
+        "cmd": "pdc pipeline evaluate",
+        "deps": [rel(lay.model_set), rel(lay.shards_dir), "${pipeline.evaluate.images}", *EVALUATE_CODE],
         "params": ["pipeline.evaluate"],
         "outs": [rel(lay.eval_dir)],
     }

@@ -30,7 +30,8 @@ def write_micro_params(root: Path, **train_overrides) -> Path:
         "rate_points": {"r0": 0.002, "r1": 0.01},
         "pipeline": {
             "shard_size": 4,
-            "evaluate": {"images": "data/raw/default", "crop": 64, "limit": 2, "gammas": "1.0"},
+            "val_fraction": 0.2,  # the shards' val split (2 of the 9 embedded photos) is the evaluation set
+            "evaluate": {"crop": 64, "limit": 2, "gammas": "1.0"},
         },
         "profiles": {"micro": profile},
     }

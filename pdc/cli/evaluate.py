@@ -99,7 +99,8 @@ def evaluate(
     model: Annotated[
         str, typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI (models:/corrdiff@champion).")
     ],
-    images: Annotated[Path, typer.Option(help="Test images (Kodak: `pdc data fetch kodak`).")] = DEFAULT_IMAGES,
+    images: Annotated[Path, typer.Option(help="Test images: a folder (Kodak: `pdc data fetch kodak`) or a shards "
+                                              "folder (its val split).")] = DEFAULT_IMAGES,
     fid_images: Annotated[
         Path | None,
         typer.Option(help=f"Larger set for FID/KID on 256×256 patches (default: {DEFAULT_FID_IMAGES} if it exists)."),
@@ -126,6 +127,11 @@ def evaluate(
         str | None,
         typer.Option(help="Classic baselines, comma-separated (jpeg, webp, avif) or 'none'. Default: all available."),
     ] = None,
+    training_data: Annotated[
+        Path | None,
+        typer.Option(help="What the model trained on (shards or image folder): test images equal to one of its "
+                          "training images are refused."),
+    ] = None,
     no_decode: Annotated[
         bool, typer.Option("--no-decode", help="Score the encoder's simulation instead of decoding each written "
                                               "stream (identical by construction, half the sampling time).")
@@ -151,7 +157,7 @@ def evaluate(
     summary = evaluate_model_set(
         model_path(model), images, out, fid_images=fid_dir, limit=limit, crop=crop, steps=steps, gammas=gamma_values,
         progress=True, with_lpips=not no_lpips, fid_limit=fid_limit, seed=seed, decode=not no_decode,
-        systems=_names(systems), classic=None if classic is None else _classic(classic),
+        systems=_names(systems), classic=None if classic is None else _classic(classic), training_data=training_data,
     )
     print_table(summary)
     typer.echo(f"wrote {len(summary['files'])} files to {summary['out']} (streams in {summary['streams_dir']})")

@@ -114,3 +114,15 @@ def dvc_yaml_cmd(
         return
     atomic_write_bytes(out, text.encode())
     typer.echo(f"wrote {out}")
+
+
+@pipeline_app.command("evaluate")
+def evaluate_cmd(params: Params = Path("params.yaml"), profile: ProfileOpt = None) -> None:
+    """The pipeline's evaluate stage: the model set on `pipeline.evaluate.images` (default: the shards' val
+    split), refusing training images; writes eval/."""
+    from pdc.cli.evaluate import print_table
+    from pdc.config import load_params
+    from pdc.pipeline import evaluate_for_promotion
+
+    summary = evaluate_for_promotion(load_params(params, profile))
+    print_table(summary)

@@ -21,6 +21,8 @@ import io
 import json
 import tarfile
 from collections.abc import Callable
+
+import numpy as np
 from pathlib import Path, PurePosixPath
 
 from pdc import __version__
@@ -203,3 +205,43 @@ def verify_shards(folder: Path) -> list[str]:
             if not p.is_file() or sha256_file(p) != e["sha256"]:
                 bad.append(e["name"])
     return bad
+
+
+def read_split(folder: Path, split: str = "val") -> list[tuple[str, np.ndarray]]:
+    """Decoded images ``(name, uint8 H×W×3)`` of one split of a shards folder, in manifest order.
+
+    The name is the sample's original relative path (its ``.json`` metadata), so reports can name it.
+    """
+    from pdc.data.loader import decode_png_bytes
+
+    manifest = read_manifest(folder)
+    out = []
+    for entry in manifest["shards"].get(split, []):
+        with tarfile.open(Path(folder) / entry["name"]) as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            for name in sorted(n for n in members if n.endswith(".png")):
+                key = name[: -len(".png")]
+                meta = members.get(f"{key}.json")
+                rel = json.loads(tar.extractfile(meta).read()).get("path", key) if meta else key
+                out.append((rel, decode_png_bytes(tar.extractfile(members[name]).read())))
+    return out
+
+
+def pixel_hash(image: np.ndarray) -> str:
+    """Content hash of decoded pixels (shape + bytes): the same photo in another container matches."""
+    h = hashlib.sha256(repr(tuple(image.shape)).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def training_pixel_hashes(source: Path) -> dict[str, str]:
+    """pixel hash → name of every image a model trains on from ``source`` (a shards folder's train split,
+    or the train split of an image folder, as :func:`pdc.data.loader.make_loader` reads it)."""
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        return {pixel_hash(img): name for name, img in read_split(source, "train")}
+    from pdc.data.loader import list_images
+    from pdc.imageio import read_image
+
+    rels = [f.relative_to(source).as_posix() for f in list_images(source)]
+    return {pixel_hash(read_image(source / r)): r for r in rels if split_of(r) == "train"}

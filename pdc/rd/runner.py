@@ -61,6 +61,31 @@ def list_images(folder: Path, what: str = "images") -> list[Path]:
     return files
 
 
+def load_test_images(source: Path, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """``(name, uint8 image)`` of a test set: every image of a folder, or the val split of a shards folder."""
+    from pdc.data.shards import MANIFEST, read_split
+
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        named = read_split(source, "val")[: limit or None]
+        if not named:
+            raise DataError(f"{source}: the shards' val split is empty (raise pipeline.val_fraction or give a folder)")
+        return named
+    return [(p.name, read_image(p)) for p in list_images(source, "test images")[: limit or None]]
+
+
+def refuse_training_images(named: Sequence[tuple[str, np.ndarray]], training_data: Path) -> None:
+    """Raise :class:`DataError` if any test image is (pixel for pixel) one the model trained on."""
+    from pdc.data.shards import pixel_hash, training_pixel_hashes
+
+    seen = training_pixel_hashes(training_data)
+    clash = [(name, seen[h]) for name, img in named if (h := pixel_hash(img)) in seen]
+    if clash:
+        pairs = ", ".join(f"{a} = {b}" for a, b in clash[:3]) + (" …" if len(clash) > 3 else "")
+        raise DataError(f"{len(clash)} of {len(named)} test image(s) are training images of {training_data} "
+                        f"({pairs}): evaluate on images the model never saw (the shards' val split or another folder)")
+
+
 def _center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
     if not size:
         return img
@@ -254,11 +279,14 @@ def evaluate_model_set(
     decode: bool = True,
     systems: Sequence[str] | None = None,
     on_point: Callable[[Point], None] | None = None,
+    training_data: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate every rate point of ``model_dir`` (a package or a model set) against the baselines.
 
-    ``images``: test set (e.g. Kodak), ``limit`` first files, each centre-cropped to ``crop`` if given
-    (0 or None: full images).
+    ``images``: test set — an image folder (e.g. Kodak) or a shards folder (its ``val`` split) —,
+    ``limit`` first images, each centre-cropped to ``crop`` if given (0 or None: full images).
+    ``training_data``: what the model trained on (shards or folder); a test image whose pixels equal
+    a training image's is refused (:func:`refuse_training_images`).
     ``fid_images``: FID/KID set (None: no FID), ``fid_limit`` first files, never cropped (images under
     256 px are skipped). ``gammas``: extra CorrDiff strengths, a sequence or a string such as
     ``"0.5,1.0"`` (None: 0.25/0.5/0.75 when the set has fewer than 4 rate points, else none; a γ equal
@@ -288,13 +316,15 @@ def evaluate_model_set(
     if crop is not None and crop < 0:
         raise PdcError(f"crop must be ≥ 0 (0 = full images), got {crop}")
     crop = crop or None
-    test_paths = list_images(images, "test images")[: limit or None]
+    named = load_test_images(images, limit)
     fid_paths = list_images(fid_images, "FID images")[: fid_limit or None] if fid_images is not None else []
     codecs = list(classic_codecs() if classic is None else classic)
     _check_out(out)
+    if training_data is not None:
+        refuse_training_images(named, training_data)
 
-    test = [_center_crop(read_image(p), crop) for p in test_paths]
-    names = _stems(test_paths)
+    test = [_center_crop(img, crop) for _, img in named]
+    names = _stems([Path(n) for n, _ in named])
     fid_set = _FidSet(fid_paths) if fid_paths else None
     if fid_set is not None and len(fid_set.images) == 0:
         raise DataError(f"{fid_images}: no image is at least {PATCH}×{PATCH} px (needed for FID patches)")

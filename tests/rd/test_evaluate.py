@@ -389,3 +389,37 @@ def test_cli_refuses_an_unknown_classic_codec(model_set, tiny_images, tmp_path, 
               "--no-fid", "--classic", "jpeg2000"])
     assert exc.value.code == 2
     assert "jpeg2000" in capsys.readouterr().err
+
+
+def test_training_images_are_refused_as_test_images(model_set, tiny_images, tmp_path):
+    from pdc.data.shards import split_of
+    from pdc.errors import DataError
+    from pdc.rd import evaluate_model_set
+
+    trained = [p.name for p in sorted(tiny_images.glob("*.png")) if split_of(p.name) == "train"]
+    assert trained, "fixture: at least one image falls in the train split"
+    with pytest.raises(DataError, match=rf"test image\(s\) are training images of .*{trained[0]}"):
+        evaluate_model_set(model_set, tiny_images, tmp_path / "e", training_data=tiny_images, classic=[], gammas=())
+    assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
+def test_a_shards_folder_is_evaluated_on_its_val_split(model_set, tmp_path):
+    import shutil
+
+    from skimage import data as skdata
+
+    from pdc.data.shards import build_shards, read_split
+    from pdc.imageio import encode_png
+    from pdc.rd import evaluate_model_set
+
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for i in range(8):
+        (src / f"p{i}.png").write_bytes(encode_png(np.ascontiguousarray(skdata.astronaut()[i * 40 : i * 40 + 72, :80])))
+    build_shards(src, tmp_path / "shards", shard_size=2, val_fraction=0.5, min_size=64)
+    val = read_split(tmp_path / "shards", "val")
+    assert 0 < len(val) < 8
+    summary = evaluate_model_set(model_set, tmp_path / "shards", tmp_path / "e", training_data=tmp_path / "shards",
+                                 classic=[], gammas=(), systems=["e2e"], decode=False)
+    assert summary["images"]["count"] == len(val)
+    shutil.rmtree(tmp_path / "e")
