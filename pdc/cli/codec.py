@@ -121,38 +121,39 @@ def evaluate(
     crop: Annotated[int | None, typer.Option(help="Centre-crop each image to this size (quick runs).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the full results as JSON here.")] = None,
-    lpips: Annotated[bool, typer.Option(help="Compute LPIPS-alex.")] = True,
+    lpips: Annotated[bool, typer.Option(help="Compute LPIPS (alex and VGG).")] = True,
     rate: RateOpt = 0,
 ) -> None:
-    """Per-image and mean bpp, PSNR, MS-SSIM, LPIPS of each mode on a folder; a table and JSON."""
+    """Mean bpp, PSNR, MS-SSIM, LPIPS of each mode of one rate point on a folder: a view of `pdc evaluate`
+    (same code, no classic codecs, no FID), as a table and JSON (per-image rows included)."""
+    import tempfile
+
     from rich.console import Console
     from rich.table import Table
 
-    from pdc.evaluate import evaluate_images
-    from pdc.imageio import image_files
     from pdc.fsutil import atomic_write_bytes
+    from pdc.models.package import rate_packages
+    from pdc.rd import evaluate_model_set
 
-    if not images.is_dir():
-        raise PdcError(f"{images}: not a folder of images")
-    paths = image_files(images)[:limit]
-    if not paths:
-        raise PdcError(f"{images}: no images found")
-    net = load_model(model, rate)
-    from tqdm.auto import tqdm
-
-    mode_list = [_mode(m.strip()) for m in modes.split(",") if m.strip()]
-    bar = tqdm(total=len(paths) * len(mode_list), desc="eval", unit="code")
-    result = evaluate_images(net, paths, mode_list, steps=steps, gamma=gamma, crop=crop, with_lpips=lpips,
-                             on_image=lambda _: bar.update(1))
-    bar.close()
-    result["model_hash"] = net.content_hash()
+    members = rate_packages(model_path(model))
+    if not 0 <= rate < len(members):
+        raise PdcError(f"{model}: rate index {rate} out of range (the set has {len(members)} rate points)")
+    keys = [_mode(m.strip()).name.lower() for m in modes.split(",") if m.strip()]
+    if gamma is not None and "corrdiff" in keys:
+        keys[keys.index("corrdiff")] = f"corrdiff-g{gamma:g}"
+    with tempfile.TemporaryDirectory(prefix="pdc-eval-") as tmp:
+        summary = evaluate_model_set(
+            members[rate], images, Path(tmp) / "eval", limit=limit, crop=crop, steps=steps,
+            gammas=(gamma,) if gamma is not None else (), classic=[], with_lpips=lpips,
+            systems=[k for k in keys if k != "e2e-noise"],
+        )
     if output is not None:
-        atomic_write_bytes(output, (json.dumps(result, indent=2) + "\n").encode())
-    cols = ["bpp", "psnr", "ms_ssim", "lpips", "lambda_bytes", "encode_s", "decode_s"]
-    table = Table(title=f"{len(paths)} images from {images}")
+        atomic_write_bytes(output, (json.dumps(summary, indent=2) + "\n").encode())
+    cols = ["bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg", "lambda_bytes", "encode_s", "decode_s"]
+    table = Table(title=f"{summary['images']['count']} images from {images} (rate point {rate})")
     table.add_column("mode")
     for c in cols:
         table.add_column(c, justify="right")
-    for mode, means in result["mean"].items():
-        table.add_row(mode, *[_fmt(means.get(c, float("nan"))) for c in cols])
+    for row in summary["rows"]:
+        table.add_row(row["system"], *[_fmt(row.get(c, float("nan"))) for c in cols])
     Console().print(table)

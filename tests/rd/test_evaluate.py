@@ -423,3 +423,25 @@ def test_a_shards_folder_is_evaluated_on_its_val_split(model_set, tmp_path):
                                  classic=[], gammas=(), systems=["e2e"], decode=False)
     assert summary["images"]["count"] == len(val)
     shutil.rmtree(tmp_path / "e")
+
+
+def test_pdc_eval_is_a_view_of_pdc_evaluate(model_set, tiny_images, tmp_path):
+    """`pdc eval` (one rate point, per-mode means) runs the same evaluator: same numbers for the same input."""
+    from typer.testing import CliRunner
+
+    from pdc.cli.main import app
+    from pdc.rd import evaluate_model_set
+
+    out = tmp_path / "eval.json"
+    args = ["eval", str(tiny_images), "--model", str(model_set), "--rate", "1", "--modes", "e2e,codec",
+            "--crop", "64", "--limit", "2", "--output", str(out), "--no-lpips"]
+    result = CliRunner().invoke(app, args, env={"PDC_NO_PROGRESS": "1", "COLUMNS": "200"})
+    assert result.exit_code == 0, (result.output, result.exception)
+    viewed = json.loads(out.read_text())
+    direct = evaluate_model_set(model_set / json.loads((model_set / "index.json").read_text())["packages"][1]["name"],
+                                tiny_images, tmp_path / "direct", limit=2, crop=64, classic=[], gammas=(),
+                                systems=["e2e", "codec"], with_lpips=False, progress=False)
+    rows = {r["system"]: r for r in viewed["rows"]}
+    assert set(rows) == {"e2e", "codec"}
+    for r in direct["rows"]:
+        assert rows[r["system"]]["psnr"] == pytest.approx(r["psnr"]) and rows[r["system"]]["bpp"] == r["bpp"]
