@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -252,6 +252,29 @@ class PipelineConfig(_Strict):
     promotion: PromotionConfig = PromotionConfig()
 
 
+class RatePoint(NamedTuple):
+    """One operating point of the codec: its name in params.yaml and the λ_rd its codec trains with.
+
+    The same pair travels in every package (``model.json`` → ``rate_point``), model set, evaluation
+    label and registry tag, so a rate point has one identity everywhere.
+    """
+
+    name: str
+    lambda_rd: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "lambda_rd": self.lambda_rd}
+
+    @classmethod
+    def from_meta(cls, value: Any) -> "RatePoint | None":
+        """From package metadata: ``{"name", "lambda_rd"}`` (a bare number from older packages: no name)."""
+        if isinstance(value, dict) and "lambda_rd" in value:
+            return cls(str(value.get("name") or ""), float(value["lambda_rd"]))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return cls("", float(value))
+        return None
+
+
 class Params(_Strict):
     """The whole ``params.yaml``."""
 
@@ -275,6 +298,11 @@ class Params(_Strict):
     def rate_names(self) -> list[str]:
         """Rate point names ordered by λ_rd (low rate first)."""
         return sorted(self.rate_points, key=self.rate_points.__getitem__)
+
+    def rate_point(self, name: str) -> RatePoint:
+        if name not in self.rate_points:
+            raise ConfigError(f"unknown rate point {name!r} (params.yaml has: {', '.join(self.rate_names())})")
+        return RatePoint(name, self.rate_points[name])
 
 
 def _explain(exc: ValidationError, where: str) -> ConfigError:

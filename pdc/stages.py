@@ -117,16 +117,15 @@ def run_stage(
 
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
-    if rate_point not in params.rate_points:
-        raise ConfigError(f"unknown rate point {rate_point!r} (params.yaml has: {', '.join(params.rate_names())})")
+    rp = params.rate_point(rate_point)
     from pdc.pipeline import code_version, data_version
 
     prof = params.active
-    lmbda = params.rate_points[rate_point]
+    lmbda = rp.lambda_rd
     versions = {"data_version": data_version(data), "code_version": code_version(stage)}
     # A checkpoint is resumed only by the same data and code (and configuration, see pdc.train).
     identity = f"data={versions['data_version']};code={versions['code_version']}"
-    extra = {"stage": stage, "rate_point": rate_point, "lmbda": lmbda, "profile": params.profile, **versions}
+    extra = {"stage": stage, "rate_point": rp.as_dict(), "profile": params.profile, **versions}
     device = resolve_device(prof.device)
     if stage == "codec":
         model = init_model(prof.model, seed=prof.train.codec.seed).to(device)

@@ -108,7 +108,7 @@ def log_pipeline(
                     continue
                 m = json.loads(f.read_text())
                 with mlflow.start_run(experiment_id=exp, run_name=f"{stage}-{rate}", nested=True) as child:
-                    mlflow.log_params({"stage": stage, "rate_point": rate, "lmbda": params.rate_points[rate],
+                    mlflow.log_params({"stage": stage, "rate_point": rate, "lambda_rd": params.rate_point(rate).lambda_rd,
                                        **_flat("train", getattr(params.active.train, stage).model_dump()
                                                if stage != "correction" else {})})
                     # "loss" is logged per step from the history; the rest are final values
@@ -145,6 +145,7 @@ def register(name: str, source: str, run_id: str, summary: dict[str, Any], index
     points = candidate_points(summary)
     tags = {
         "hashes": ",".join(p["hash"][:12] for p in index["packages"]),
+        "rate_points": json.dumps([p.get("rate_point") for p in index["packages"]]),
         "rd_points": json.dumps([p._asdict() for p in points]),
     }
     if points:

@@ -128,3 +128,17 @@ def test_changed_training_code_trains_from_scratch(tmp_path, monkeypatch):
     assert run_stage("codec", params, "r0", **kw)["resumed_from"] == 0
     monkeypatch.setattr(pipeline, "code_version", lambda stage, root=None: "edited")
     assert run_stage("codec", params, "r0", **kw)["resumed_from"] == 0
+
+
+def test_a_rate_point_is_one_typed_thing_from_params_to_evaluation(tmp_path):
+    from pdc.config import RatePoint, load_params
+    from pdc.models.package import read_metadata, write_model_set
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    params = load_params(write_micro_params(tmp_path))
+    run_stage("codec", params, "r1", data=data, out=tmp_path / "pkg")
+    meta = read_metadata(tmp_path / "pkg")
+    assert RatePoint.from_meta(meta["rate_point"]) == params.rate_point("r1") == RatePoint("r1", 0.01)
+    index = write_model_set(tmp_path / "set", [tmp_path / "pkg"])
+    assert index["packages"][0]["name"] == "r1" and index["packages"][0]["rate_point"]["lambda_rd"] == 0.01

@@ -178,15 +178,20 @@ SET_FORMAT = "pdc-model-set/1"
 def write_model_set(dest: str | os.PathLike[str], packages: list[str | os.PathLike[str]]) -> dict[str, Any]:
     """Gather rate-point packages into one directory (what the pipeline registers in MLflow).
 
-    Layout: ``index.json`` (rate points, bpp-ordered names, hashes) and one package per rate point
-    (``r0/``, ``r1/``, …). Written atomically like a package.
+    Layout: ``index.json`` (rate points in the given order — low rate first —, names, hashes) and one
+    package per rate point, in a folder named after the rate point (``r{i}`` for packages without one).
+    Written atomically like a package.
     """
+    from pdc.config import RatePoint
+
     with staging_dir(Path(dest)) as tmp:
         entries = []
         for i, src in enumerate(packages):
             meta = read_metadata(src)
-            shutil.copytree(src, tmp / f"r{i}")
-            entries.append({"name": f"r{i}", "hash": meta["hash"], "rate_point": meta.get("rate_point")})
+            rp = RatePoint.from_meta(meta.get("rate_point"))
+            name = rp.name if rp is not None and rp.name else f"r{i}"
+            shutil.copytree(src, tmp / name)
+            entries.append({"name": name, "hash": meta["hash"], "rate_point": rp.as_dict() if rp else None})
         index = {"format": SET_FORMAT, "packages": entries}
         (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     return index

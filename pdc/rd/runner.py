@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdc.config import parse_gammas
+from pdc.config import RatePoint, parse_gammas
 from pdc.errors import DataError, PdcError
 from pdc.fsutil import replace_dir
 from pdc.imageio import IMAGE_SUFFIXES, image_files, read_image, tensor_to_uint8, uint8_to_tensor
@@ -402,9 +402,10 @@ def evaluate_model_set(
         for r, member in enumerate(members):
             meta = read_metadata(member)
             model = load_package(member)
-            label = f"r{r}"
+            rp = RatePoint.from_meta(meta.get("rate_point"))
+            label = rp.name if rp is not None and rp.name else f"r{r}"
             rate_info.append({"label": label, "package": str(member), "hash": meta["hash"],
-                              "lambda_rd": meta.get("rate_point"), "config": meta.get("config")})
+                              "lambda_rd": rp.lambda_rd if rp else None, "config": meta.get("config")})
             kept: dict[str, Kept] = {}
             done: dict[str, Point] = {}
             for system in learned:
@@ -501,7 +502,7 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
                       f"Distortion–perception (γ sweep) — {what}"):
         files.append(tmp / "dp_curve.png")
 
-    grid_label = f"r{grid_rate}"
+    grid_label = context["rate_points"][grid_rate]["label"] if grid_rate < len(context["rate_points"]) else f"r{grid_rate}"
     panels = [(f"original ({names[0]})", test[0])]
     ref_bpp = grid.get(("corrdiff", grid_label), (None, None))[1]
     for key in ("corrdiff", "diffusion", "e2e", CONTROL_KEY, "codec"):
