@@ -82,7 +82,7 @@ def register_task(params_path: Path, profile: str | None, root: Path, model_set:
     params = load_params(params_path, profile)
     lay = Layout.of(params, root)
     result = log_pipeline(params, Path(model_set), lay.metrics_dir, Path(eval_dir) if eval_dir else None,
-                          extra_tags={"orchestrator": "prefect+ray"})
+                          extra_tags={"orchestrator": "prefect+ray"}, data_root=root)
     get_run_logger().info("registered %s v%s: %s", params.pipeline.registered_model, result["version"], result["reason"])
     return result
 

@@ -90,8 +90,14 @@ def log_pipeline(
     *,
     run_name: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    data_root: Path | None = None,
 ) -> dict[str, Any]:
-    """Log a finished pipeline to MLflow, register its model set, and apply the champion rule."""
+    """Log a finished pipeline to MLflow, register its model set, and apply the champion rule.
+
+    The model set is logged as a pyfunc model (:mod:`pdc.mlflow_model`), the training data as a run
+    input with its DVC hash (:func:`log_dataset`). A model set whose content (package hashes) equals
+    a registered version's creates no new version.
+    """
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
     exp = experiment_id(params.pipeline.experiment)
@@ -123,17 +129,76 @@ def log_pipeline(
                                     if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}, step=i)
         if eval_dir is not None and eval_dir.is_dir():
             mlflow.log_artifacts(str(eval_dir), "evaluation")
-        mlflow.log_artifacts(str(model_set), "model_set")
-        version = register(params.pipeline.registered_model, f"{parent.info.artifact_uri}/model_set",
-                           parent.info.run_id, summary, index)
+        log_dataset(params, data_root or Path.cwd())
+        same = _version_with_content(client, params.pipeline.registered_model, index)
+        if same is not None:
+            mlflow.set_tag("registered", f"no: content equals v{same}")
+            return {"run_id": parent.info.run_id, "version": same, "promoted": False,
+                    "reason": f"content equals v{same}: no new version", "bd_rate_lpips": None,
+                    "psnr_delta_db": None, "champion": champion_version(params.pipeline.registered_model)}
+        from pdc.mlflow_model import log_model_set
+
+        info = log_model_set(model_set)
+        version = register(params.pipeline.registered_model, info.model_uri, parent.info.run_id, summary, index)
     decision = promote(params.pipeline.registered_model, version, params.pipeline.promotion)
     return {"run_id": parent.info.run_id, "version": version, "promoted": decision.promote,
             "reason": decision.reason, "bd_rate_lpips": decision.bd_rate_lpips,
             "psnr_delta_db": decision.psnr_delta_db, "champion": champion_version(params.pipeline.registered_model)}
 
 
+def _content_key(index: dict[str, Any]) -> str:
+    return ",".join(p["hash"][:12] for p in index["packages"])
+
+
+def _version_with_content(client, name: str, index: dict[str, Any]) -> str | None:
+    """The registered version of ``name`` holding exactly these packages, if any."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    key = _content_key(index)
+    same = [v for v in versions if v.tags.get("hashes") == key]
+    return str(max(int(v.version) for v in same)) if same else None
+
+
+def data_version_of(root: Path, params: Params) -> dict[str, str]:
+    """The training data's identity: the DVC hash in ``data.dvc`` (when it tracks ``pipeline.data``) and
+    the shards' data version."""
+    import yaml
+
+    from pdc.pipeline import Layout, data_version
+
+    out: dict[str, str] = {}
+    dvc_file = root / "data.dvc"
+    if dvc_file.is_file():
+        for o in (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", []):
+            if o.get("path") == params.pipeline.data:
+                out["dvc_md5"] = str(o.get("md5"))
+    shards = Layout.of(params, root).shards_dir
+    if shards.is_dir():
+        out["shards_version"] = data_version(shards)
+    return out
+
+
+def log_dataset(params: Params, root: Path) -> dict[str, str]:
+    """Log the training corpus as an MLflow run input (name, source path, digest = its DVC hash)."""
+    mlflow = _mlflow()
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    versions = data_version_of(root, params)
+    path = (root / params.pipeline.data).resolve()
+    digest = versions.get("dvc_md5") or versions.get("shards_version") or "unknown"
+    dataset = MetaDataset(resolve_dataset_source(str(path)), name=params.pipeline.data, digest=digest[:36])
+    mlflow.log_input(dataset, context="training")
+    mlflow.set_tags({f"data.{k}": v for k, v in versions.items()})
+    return versions
+
+
 def register(name: str, source: str, run_id: str, summary: dict[str, Any], index: dict[str, Any]) -> str:
-    """Create a new version of ``name`` pointing at the logged model set; returns the version."""
+    """Create a new version of ``name`` from the logged pyfunc model ``source``; returns the version."""
     mlflow = _mlflow()
     from mlflow.exceptions import MlflowException
 
@@ -144,7 +209,7 @@ def register(name: str, source: str, run_id: str, summary: dict[str, Any], index
         pass  # already registered
     points = candidate_points(summary)
     tags = {
-        "hashes": ",".join(p["hash"][:12] for p in index["packages"]),
+        "hashes": _content_key(index),
         "rate_points": json.dumps([p.get("rate_point") for p in index["packages"]]),
         "rd_points": json.dumps([p._asdict() for p in points]),
     }
@@ -152,7 +217,7 @@ def register(name: str, source: str, run_id: str, summary: dict[str, Any], index
         tags |= {"mean_bpp": f"{sum(p.bpp for p in points) / len(points):.5f}",
                  "mean_psnr": f"{sum(p.psnr for p in points) / len(points):.4f}",
                  "mean_lpips": f"{sum(p.lpips for p in points) / len(points):.5f}"}
-    mv = client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+    mv = mlflow.register_model(source, name, tags=tags)
     return str(mv.version)
 
 
@@ -184,6 +249,14 @@ def promote(name: str, version: str, rule: PromotionConfig) -> Decision:
     return decision
 
 
+def _model_set_in(folder: Path) -> Path | None:
+    """The model set inside downloaded registry artifacts (a pyfunc model keeps it under artifacts/)."""
+    if (folder / "index.json").is_file():
+        return folder
+    hits = sorted(folder.glob("**/index.json")) if folder.is_dir() else []
+    return hits[0].parent if hits else None
+
+
 def download_registered_model(uri: str) -> Path:
     """Local directory of a ``models:/name@alias`` or ``models:/name/version`` model set."""
     mlflow = _mlflow()
@@ -196,10 +269,12 @@ def download_registered_model(uri: str) -> Path:
         mv = client.get_model_version_by_alias(name, ref) if ref else client.get_model_version(*name.split("/", 1))
         # keyed by run id too: version numbers repeat across tracking stores (a test DB, a new mlflow.db)
         dest = cache / mv.name / f"{mv.version}-{mv.run_id}"
-        local = dest / mv.source.rstrip("/").rsplit("/", 1)[-1]
-        if not (local / "index.json").is_file():
+        found = _model_set_in(dest)
+        if found is None:
             dest.mkdir(parents=True, exist_ok=True)
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest)))
-        return local
+            found = _model_set_in(Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dest))))
+        if found is None:
+            raise ModelPackageError(f"{uri}: the registered artifacts hold no pdc model set")
+        return found
     except MlflowException as exc:
         raise ModelPackageError(f"{uri}: cannot resolve in the MLflow registry at {tracking_uri()} ({exc.message})") from None

@@ -58,3 +58,23 @@ def test_training_flow_registers_and_crowns_a_model(isolated_services):
 
     model = load_model("models:/corrdiff@champion", rate=1)
     assert model.content_hash() == index["packages"][1]["hash"]
+
+    # the champion is a real MLflow pyfunc model: load + predict round-trips an image
+    import numpy as np
+
+    pyfunc = mlflow.pyfunc.load_model("models:/corrdiff@champion")
+    img = np.asarray(__import__("skimage.data", fromlist=["x"]).astronaut()[:48, :64])[None]
+    out = pyfunc.predict(img, params={"rate": 1, "mode": "e2e"})
+    assert out["reconstruction"].shape == img.shape and out["reconstruction"].dtype == np.uint8
+    assert 0 < out["bpp"][0] < 24
+    assert pyfunc.metadata.signature.params is not None
+
+    # the training data is a run input with its version; the same content registers no new version
+    parent = client.get_run(result["run_id"])
+    assert parent.inputs.dataset_inputs and parent.data.tags.get("data.shards_version")
+    from pdc.config import load_params
+    from pdc.tracking import log_pipeline
+
+    again = log_pipeline(load_params(params), root / "models" / "corrdiff", root / "metrics", root / "eval", data_root=root)
+    assert again["version"] == "1" and "no new version" in again["reason"]
+    assert len(client.search_model_versions("name='corrdiff'")) == 1
