@@ -30,7 +30,12 @@ def _init() -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False,
-                 runtime_env={"env_vars": {"PDC_NO_PROGRESS": "1"}})
+                 runtime_env={"env_vars": {"PDC_NO_PROGRESS": "1", **_forwarded_env()}})
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Settings the workers must share with the driver (the MLflow store their live runs write to)."""
+    return {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "PDC_CACHE") if k in os.environ}
 
 
 def gpus_per_task() -> float:
@@ -44,8 +49,12 @@ def _stage_remote(stage: str, params_path: str, profile: str | None, rate: str, 
     os.chdir(cwd)
     from pdc.config import load_params
     from pdc.stages import run_stage
+    from pdc.tracking import live_stage_run
 
-    return run_stage(stage, load_params(params_path, profile), rate, **{k: Path(v) if v else None for k, v in kw.items()})
+    params = load_params(params_path, profile)
+    # Metrics reach MLflow while the stage trains; progress lines reach the driver's log (log_to_driver).
+    with live_stage_run(params, stage, rate, echo=lambda line: print(line, flush=True)) as log:
+        return run_stage(stage, params, rate, log=log, **{k: Path(v) if v else None for k, v in kw.items()})
 
 
 def run_stage_on_ray(stage: str, params_path: Path, profile: str | None, rate: str, **paths: Path | None) -> dict[str, Any]:

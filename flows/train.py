@@ -39,7 +39,22 @@ def build_shards_task(params_path: Path, profile: str | None, root: Path) -> str
     return str(lay.shards_dir)
 
 
-@task(name="train-stage", retries=2, retry_delay_seconds=5, task_run_name="{stage}-{rate}")
+def retry_transient(task, task_run, state) -> bool:
+    """Retry a stage only for failures a second try can fix (a lost worker, I/O, memory), never for a
+    user error (bad config, bad data, bad package: :class:`pdc.errors.PdcError`, also when Ray wraps it)."""
+    from pdc.errors import PdcError
+
+    try:
+        state.result()
+    except PdcError:  # Ray re-raises a worker's exception as a subclass of its type: caught here too
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+@task(name="train-stage", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient,
+      task_run_name="{stage}-{rate}")
 def stage_task(stage: str, rate: str, params_path: Path, profile: str | None, root: Path, shards: str) -> dict[str, Any]:
     params = load_params(params_path, profile)
     lay = Layout.of(params, root)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,40 @@ def _log_history(client, run_id: str, name: str, history: Iterable[float]) -> No
     batch = [Metric(name, float(v), now, i + 1) for i, v in enumerate(history)]
     for i in range(0, len(batch), 900):  # the REST/DB API takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=batch[i : i + 900])
+
+
+@contextmanager
+def live_stage_run(params: Params, stage: str, rate: str, *, every: int = 10,
+                   echo: Callable[[str], None] | None = None) -> Iterator[Callable[[str, float, int], None]]:
+    """An MLflow run for one stage while it trains; yields a :data:`pdc.train.MetricLogger`.
+
+    Every metric of the training loop (loss, lr, images/s, …) goes to the run in batches of ``every``
+    steps, with MLflow's system metrics (CPU, memory, GPU) beside them; ``echo`` also gets one progress
+    line per ``every`` steps (a Ray worker's stdout reaches the driver's log).
+    """
+    mlflow = _mlflow()
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    exp = experiment_id(params.pipeline.experiment)
+    with mlflow.start_run(experiment_id=exp, run_name=f"{stage}-{rate}-live", log_system_metrics=True,
+                          tags={"stage": stage, "rate_point": rate, "profile": params.profile, "live": "1"}) as run:
+        buffer: list[Metric] = []
+        last_step = [0]
+
+        def log(name: str, value: float, step: int) -> None:
+            buffer.append(Metric(name.split("/", 1)[-1], float(value), int(time.time() * 1000), step))
+            if step != last_step[0] and step % every == 0:
+                last_step[0] = step
+                client.log_batch(run.info.run_id, metrics=buffer[:])
+                if echo is not None:
+                    loss = next((m.value for m in reversed(buffer) if m.key == "loss"), float("nan"))
+                    echo(f"{stage}[{rate}] step {step}: loss {loss:.4g}")
+                buffer.clear()
+
+        yield log
+        if buffer:
+            client.log_batch(run.info.run_id, metrics=buffer)
 
 
 def _flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -151,10 +152,12 @@ def _run(
         lr = cfg.lr_at(step)
         for group in optimizers["main"].param_groups:
             group["lr"] = lr
+        t_step = time.perf_counter()
         last = step_fn(next(batches).to(device, non_blocking=True))
         for name, ema in emas.items():
             ema.update(modules[name])
         last["lr"] = lr
+        last["images_per_s"] = cfg.batch_size / max(time.perf_counter() - t_step, 1e-9)
         history.append(last["loss"])
         if log is not None:
             for k, v in last.items():
