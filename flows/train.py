@@ -29,10 +29,15 @@ def build_shards_task(params_path: Path, profile: str | None, root: Path) -> str
     from pdc.data.corpus import init_default_corpus
     from pdc.data.shards import build_shards
 
+    from pdc.pipeline import check_dvc_data
+
     params = load_params(params_path, profile)
     lay = Layout.of(params, root)
     if not any(lay.data_dir.rglob("*.png")) and params.pipeline.data == "data/raw":
         init_default_corpus(lay.data_dir / "default")
+    # Train only on DVC-versioned data: a corpus that differs from data.dvc is refused (not retried).
+    dvc_md5 = check_dvc_data(root, params.pipeline.data)
+    get_run_logger().info("data %s: %s", params.pipeline.data, f"DVC {dvc_md5}" if dvc_md5 else "not DVC-tracked")
     manifest = build_shards(lay.data_dir, lay.shards_dir, shard_size=params.pipeline.shard_size,
                             val_fraction=params.pipeline.val_fraction)
     get_run_logger().info("shards: %s", {k: v for k, v in manifest.items() if k != "shards"})

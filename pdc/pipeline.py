@@ -185,6 +185,39 @@ def data_version(source: Path) -> str:
     return tree_hash(source)[:16]
 
 
+def dvc_dir_md5(folder: Path) -> str:
+    """DVC's hash of a directory (``<md5>.dir`` in a ``.dvc`` file, without the suffix): the MD5 of the
+    JSON list of ``{"md5", "relpath"}`` of its files, sorted by path. Lets us check ``data.dvc`` without DVC."""
+    import json
+
+    entries = sorted(({"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
+                      for f in Path(folder).rglob("*") if f.is_file()), key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+
+
+def check_dvc_data(root: Path, data: str) -> str | None:
+    """The DVC hash of ``data`` when ``root/data.dvc`` tracks it and the folder matches; None when not
+    tracked. Raises :class:`~pdc.errors.DataError` when the folder differs from what DVC recorded."""
+    import yaml
+
+    from pdc.errors import DataError
+
+    dvc_file = Path(root) / "data.dvc"
+    if not dvc_file.is_file():
+        return None
+    for out in (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", []):
+        if out.get("path") != data:
+            continue
+        recorded = str(out.get("md5", "")).removesuffix(".dir")
+        actual = dvc_dir_md5(Path(root) / data) if (Path(root) / data).is_dir() else "missing"
+        if actual != recorded:
+            raise DataError(f"{Path(root) / data}: differs from data.dvc ({actual} vs recorded {recorded}); "
+                            f"version new data with `dvc add {data}` (and commit data.dvc), or restore it with "
+                            "`dvc checkout data.dvc`")
+        return recorded
+    return None
+
+
 # -- dvc.yaml, generated ----------------------------------------------------------------------------
 DVC_HEADER = """\
 # GENERATED from pdc/pipeline.py by `pdc pipeline dvc-yaml` — edit that module, not this file

@@ -201,16 +201,16 @@ def _version_with_content(client, name: str, index: dict[str, Any]) -> str | Non
 def data_version_of(root: Path, params: Params) -> dict[str, str]:
     """The training data's identity: the DVC hash in ``data.dvc`` (when it tracks ``pipeline.data``) and
     the shards' data version."""
-    import yaml
-
-    from pdc.pipeline import Layout, data_version
+    from pdc.errors import DataError
+    from pdc.pipeline import Layout, check_dvc_data, data_version
 
     out: dict[str, str] = {}
-    dvc_file = root / "data.dvc"
-    if dvc_file.is_file():
-        for o in (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", []):
-            if o.get("path") == params.pipeline.data:
-                out["dvc_md5"] = str(o.get("md5"))
+    try:
+        md5 = check_dvc_data(root, params.pipeline.data)
+        if md5:
+            out["dvc_md5"] = md5
+    except DataError:
+        out["dvc_md5"] = "modified (differs from data.dvc)"
     shards = Layout.of(params, root).shards_dir
     if shards.is_dir():
         out["shards_version"] = data_version(shards)

@@ -47,3 +47,20 @@ def test_layout_names_each_artifact_once():
     assert lay.init_package("r0", "diffusion") == lay.package("r0", "codec")
     assert lay.init_package("r0", "codec") is None
     assert lay.stage_metrics("r1", "codec") == Path("/r/metrics/r1/codec.json")
+
+
+def test_data_dvc_check_matches_dvc_and_refuses_unversioned_changes(tmp_path):
+    import pytest
+
+    from pdc.data.corpus import init_default_corpus
+    from pdc.errors import DataError
+    from pdc.pipeline import check_dvc_data
+
+    init_default_corpus(tmp_path / "data" / "raw" / "default")
+    shutil.copy(ROOT / "data.dvc", tmp_path / "data.dvc")  # the committed pin of the embedded corpus
+    recorded = yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
+    assert check_dvc_data(tmp_path, "data/raw") == recorded  # our hash is DVC's
+    (tmp_path / "data" / "raw" / "default" / "new.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="differs from data.dvc.*dvc add data/raw"):
+        check_dvc_data(tmp_path, "data/raw")
+    assert check_dvc_data(tmp_path, "elsewhere") is None
