@@ -271,8 +271,8 @@ def train_diffusion(
         noise = torch.randn_like(r0)
         r_t = a.sqrt() * r0 + (1 - a).sqrt() * noise
         out = net(r_t, t, y_hat, x_base)
+        r0_hat = split_prediction(kind, out, r_t, a)[0]
         if cfg.snr_clip > 0:
-            r0_hat = split_prediction(kind, out, r_t, a)[0]
             weight = (a / (1 - a)).clamp(max=cfg.snr_clip)
             mse = (weight * (r0_hat - r0) ** 2).mean()
         else:
@@ -280,7 +280,6 @@ def train_diffusion(
         metrics = {"mse": mse.item()}
         loss = cfg.mse_weight * mse
         if perceptual is not None:
-            r0_hat = split_prediction(kind, out, r_t, a)[0]
             x_hat = (x_base + r0_hat / s).clamp(0, 1)
             x_ref = x
             if cfg.lpips_crop and cfg.lpips_crop < min(x.shape[-2:]):
