@@ -112,6 +112,11 @@ def train_flow(params_path: str = "params.yaml", profile: str | None = None, roo
     """Train every rate point through the four stages, evaluate, log to MLflow, register, promote."""
     params_file, root_dir = Path(params_path).resolve(), Path(root).resolve()
     params = load_params(params_file, profile)
+    from pdc.tracking import experiment_id
+
+    # Create the tracking store and experiment here, once: concurrent Ray workers opening a fresh
+    # sqlite store would each run its migrations ("table … already exists").
+    experiment_id(params.pipeline.experiment)
     shards = build_shards_task(params_file, profile, root_dir)
     finals: list[PrefectFuture] = []
     for rate in params.rate_names():
