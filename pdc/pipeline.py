@@ -19,6 +19,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pdc.config import Params
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -79,7 +83,7 @@ class Layout:
     shards: str = "data/shards"
 
     @classmethod
-    def of(cls, params, root: Path | str = ".") -> "Layout":
+    def of(cls, params: "Params", root: Path | str = ".") -> "Layout":
         return cls(Path(root), params.pipeline.data, params.pipeline.shards)
 
     def _p(self, rel: str) -> Path:
@@ -128,8 +132,8 @@ def stage_metrics_file(metrics_dir: Path, rate: str, stage_name: str) -> Path:
     return Path(metrics_dir) / rate / f"{stage_name}.json"
 
 
-def evaluate_for_promotion(params, root: Path | str = ".", model_dir: Path | None = None, out: Path | None = None,
-                           images: Path | None = None) -> dict:
+def evaluate_for_promotion(params: "Params", root: Path | str = ".", model_dir: Path | None = None,
+                           out: Path | None = None, images: Path | None = None) -> dict[str, Any]:
     """The pipeline's evaluation (``pipeline.evaluate``), on images the model never saw.
 
     ``pipeline.evaluate.images`` is the shards folder by default (its val split) or any image folder;
@@ -233,7 +237,7 @@ DVC_HEADER = """\
 """
 
 
-def dvc_stages() -> dict:
+def dvc_stages() -> dict[str, Any]:
     """The ``dvc.yaml`` document (DVC templating: ``${key}`` is the rate point, ``${...}`` params.yaml)."""
     lay = Layout(Path("."), "${pipeline.data}", "${pipeline.shards}")
     r = "${key}"
