@@ -22,7 +22,7 @@ from pdc.errors import ConfigError
 from pdc.fsutil import atomic_write_bytes
 from pdc.train import MetricLogger, StageResult
 
-from pdc.pipeline import STAGE_NAMES as STAGES  # the one stage list (pdc/pipeline.py)
+from pdc.pipeline import stage as stage_spec  # the one stage list (pdc/pipeline.py)
 
 
 def _batches(data: Path, cfg, seed_offset: int = 0):
@@ -115,10 +115,10 @@ def run_stage(
     from pdc.models.package import init_model, load_package, save_package
     from pdc import train as T
 
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r} (one of {', '.join(STAGES)})")
-    rp = params.rate_point(rate_point)
     from pdc.pipeline import code_version, data_version
+
+    stage_spec(stage)  # refuses an unknown stage, naming the known ones
+    rp = params.rate_point(rate_point)
 
     prof = params.active
     lmbda = rp.lambda_rd

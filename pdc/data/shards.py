@@ -21,9 +21,9 @@ import io
 import json
 import tarfile
 from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 
 import numpy as np
-from pathlib import Path, PurePosixPath
 
 from pdc import __version__
 from pdc.fsutil import list_files, sha256_file, staging_dir, tree_hash, write_file
