@@ -121,6 +121,16 @@ class StageTrainConfig(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     checkpoint_every: int = Field(50, ge=1)
     seed: int = 0
+    #: ``batch_size`` is the global batch of one optimisation step: it is split over the data-parallel
+    #: workers (``scaling.num_workers``) and, on each, into this many micro-batches whose gradients add up.
+    grad_accum: int = Field(1, ge=1)
+    #: Autocast dtype of the forward passes: "bf16" (mixed precision; weights, optimiser and loss
+    #: reductions stay fp32) or "fp32" (off).
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def micro_batch(self, num_workers: int) -> int:
+        """Samples per worker per micro-batch: ``batch_size / (num_workers · grad_accum)``."""
+        return self.batch_size // (num_workers * self.grad_accum)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimisation step ``step`` (1-based)."""
@@ -172,12 +182,47 @@ class TrainConfig(_Strict):
     correction_crop: int = Field(128, ge=64)
 
 
+class ScalingConfig(_Strict):
+    """How each training stage is spread over data-parallel workers (Ray Train, see :mod:`pdc.scale`).
+
+    With ``num_workers: 1`` the CLI and ``dvc repro`` train in their own process (no Ray); more workers
+    run the same stage code under Ray Train's ``TorchTrainer`` with DDP (the Prefect flow always does).
+    """
+
+    num_workers: int = Field(1, ge=1, le=1024)
+    #: GPUs for the workers: "auto" = when the Ray cluster has ``gpus_per_worker`` per worker (asked of
+    #: the cluster, not of the machine that launches the run).
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    #: DataLoader processes per worker; each reads its own part of the shards.
+    loader_workers: int = Field(0, ge=0, le=64)
+    #: Ray Train's run folder (state, logs); null = ``<checkpoint folder>/ray``. On a multi-node cluster
+    #: it, the data and the checkpoint/model folders must be on storage every node sees.
+    storage_path: str | None = None
+    #: Worker-group restarts after a worker or node failure; each restart resumes from the checkpoint.
+    max_failures: int = Field(2, ge=0)
+
+
 class Profile(_Strict):
     """A model size and its training schedule (``profiles.<name>`` in ``params.yaml``)."""
 
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    scaling: ScalingConfig = ScalingConfig()
+
+    @model_validator(mode="after")
+    def _batches_split_evenly(self) -> "Profile":
+        n = self.scaling.num_workers
+        for name in ("codec", "diffusion", "privileged"):
+            cfg: StageTrainConfig = getattr(self.train, name)
+            if cfg.batch_size % (n * cfg.grad_accum):
+                raise ValueError(
+                    f"train.{name}.batch_size={cfg.batch_size} does not split into scaling.num_workers={n} × "
+                    f"train.{name}.grad_accum={cfg.grad_accum} equal micro-batches"
+                )
+        return self
 
 
 def parse_gammas(text: str | Sequence[float] | None) -> tuple[float, ...] | None:
@@ -305,24 +350,26 @@ class Params(_Strict):
         return RatePoint(name, self.rate_points[name])
 
 
-def _explain(exc: ValidationError, where: str) -> ConfigError:
+def explain_validation(exc: ValidationError, where: str) -> ConfigError:
+    """One-line :class:`ConfigError` naming the first offending key (pydantic's "Value error, " dropped)."""
     first = exc.errors()[0]
     key = ".".join(str(p) for p in first["loc"])
-    return ConfigError(f"{where}: {key}: {first['msg']}")
+    msg = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")
 
 
 def parse_model_config(data: dict[str, Any], where: str = "model config") -> ModelConfig:
     try:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, where) from None
+        raise explain_validation(exc, where) from None
 
 
 def parse_profile(data: dict[str, Any], where: str = "profile") -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, where) from None
+        raise explain_validation(exc, where) from None
 
 
 def load_params(path: str | Path = "params.yaml", profile: str | None = None) -> Params:
@@ -341,7 +388,7 @@ def load_params(path: str | Path = "params.yaml", profile: str | None = None) ->
     try:
         params = Params.model_validate(doc)
     except ValidationError as exc:
-        raise _explain(exc, str(p)) from None
+        raise explain_validation(exc, str(p)) from None
     if params.profile not in params.profiles:
         raise ConfigError(f"{p}: unknown profile {params.profile!r} (have: {', '.join(params.profiles)})")
     return params

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 
-_TRAIN_CODE = ("pdc/train.py", "pdc/stages.py", "pdc/pipeline.py", "pdc/config.py", "pdc/models", "pdc/data/loader.py")
+_TRAIN_CODE = ("pdc/train.py", "pdc/distributed.py", "pdc/stages.py", "pdc/pipeline.py", "pdc/config.py", "pdc/models",
+               "pdc/data/loader.py")
 
 
 @dataclass(frozen=True)
@@ -174,19 +175,20 @@ def code_version(stage_name: str, root: Path = REPO_ROOT) -> str:
     return h.hexdigest()[:16]
 
 
-def data_version(source: Path) -> str:
-    """Identity of training data: the shards' manifest (source hash + shard hashes) or a folder's tree hash."""
+def data_version(source: Path | str) -> str:
+    """Identity of training data: the shards' manifest (source hash + shard hashes; local or at a URL)
+    or a folder's tree hash."""
     import json
 
-    from pdc.data.shards import MANIFEST, read_manifest
+    from pdc.data.shards import ShardLocation
     from pdc.fsutil import tree_hash
 
-    source = Path(source)
-    if (source / MANIFEST).is_file():
-        m = read_manifest(source)
+    location = ShardLocation(source)
+    if location.is_shards:
+        m = location.manifest()
         text = json.dumps({"source": m.get("source_hash"), "shards": m.get("shards")}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-    return tree_hash(source)[:16]
+    return tree_hash(Path(source))[:16]
 
 
 def dvc_dir_md5(folder: Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pdc.config import Params
+from pdc.distributed import SINGLE, Dist
 from pdc.errors import ConfigError
 from pdc.fsutil import atomic_write_bytes
 from pdc.train import MetricLogger, StageResult
@@ -25,10 +26,12 @@ from pdc.train import MetricLogger, StageResult
 from pdc.pipeline import stage as stage_spec  # the one stage list (pdc/pipeline.py)
 
 
-def _batches(data: Path, cfg, seed_offset: int = 0):
+def _batches(data: Path | str, cfg, d: Dist, loader_workers: int = 0):
+    """This worker's micro-batches: its share of the global batch, split for gradient accumulation."""
     from pdc.data.loader import make_loader
 
-    return iter(make_loader(data, cfg.crop, cfg.batch_size, seed=cfg.seed + seed_offset))
+    return iter(make_loader(data, cfg.crop, cfg.micro_batch(d.world), seed=cfg.seed, num_workers=loader_workers,
+                            rank=d.rank, world=d.world))
 
 
 def loss_history_path(metrics: Path) -> Path:
@@ -104,14 +107,20 @@ def run_stage(
     params: Params,
     rate_point: str,
     *,
-    data: Path,
+    data: Path | str,
     out: Path,
     init: Path | None = None,
     workdir: Path | None = None,
     metrics: Path | None = None,
     log: MetricLogger | None = None,
+    d: Dist = SINGLE,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run one stage for one rate point; returns (and writes) its metrics."""
+    """Run one stage for one rate point; returns (and writes) its metrics.
+
+    In a data-parallel group (``d``, see :mod:`pdc.distributed`) every worker trains on its share and
+    rank 0 alone writes the package and metrics. ``device`` overrides the profile's.
+    """
     from pdc.models.package import init_model, load_package, save_package
     from pdc import train as T
 
@@ -126,10 +135,12 @@ def run_stage(
     # A checkpoint is resumed only by the same data and code (and configuration, see pdc.train).
     identity = f"data={versions['data_version']};code={versions['code_version']}"
     extra = {"stage": stage, "rate_point": rp.as_dict(), "profile": params.profile, **versions}
-    device = resolve_device(prof.device)
+    device = device or resolve_device(prof.device)
+    nl = prof.scaling.loader_workers
     if stage == "codec":
         model = init_model(prof.model, seed=prof.train.codec.seed).to(device)
-        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec), prof.train.codec, workdir, log, identity)
+        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec, d, nl), prof.train.codec, workdir, log,
+                            identity, d)
         result = _result_metrics(stage, res)
     else:
         if init is None:
@@ -138,17 +149,18 @@ def run_stage(
         if stage == "correction":
             t = prof.train
             loader = iter(_crop_images(data, t.correction_crop, t.correction_images))
-            fit = T.fit_correction(model, list(loader), log=log)
+            fit = T.fit_correction(model, list(loader), log=log, d=d)
             model = T.apply_correction_fit(model, fit)
             result = {"stage": stage, "eps_mode": fit.eps_mode, **fit.report}
             extra["correction"] = fit.report
         else:
             cfg = getattr(prof.train, stage)
             fn = T.train_diffusion if stage == "diffusion" else T.train_privileged_decoder
-            result = _result_metrics(stage, fn(model, _batches(data, cfg), cfg, workdir, log, identity))
+            result = _result_metrics(stage, fn(model, _batches(data, cfg, d, nl), cfg, workdir, log, identity, d))
     result.update(versions)
-    result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
-    write_metrics(metrics, result)
+    if d.is_main:
+        result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
+        write_metrics(metrics, result)
     return result
 
 
@@ -163,7 +175,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def _crop_images(data: Path, crop: int, count: int):
+def _crop_images(data: Path | str, crop: int, count: int):
     from pdc.data.loader import make_loader
 
     stream = iter(make_loader(data, crop, 1, seed=12345))

@@ -14,6 +14,7 @@ raised) instead of starting over; a checkpoint of another identity is ignored (t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdc.config import DiffusionTrainConfig, StageTrainConfig
+from pdc.distributed import SINGLE, Dist, average_grads, gather_objects, mean_metrics, no_sync, step_generator, wrap
 from pdc.fsutil import atomic_torch_save
 from pdc.metrics import psnr
 from pdc.models.codec import quantized_latent
@@ -52,9 +54,9 @@ def _progress(total: int, start: int, desc: str):
     return tqdm(total=total, initial=start, desc=desc, unit="step", disable=os.environ.get("PDC_NO_PROGRESS") == "1")
 
 
-#: Settings that say how long or how often, not what is trained: a run that only raises ``steps``
-#: continues from its checkpoint.
-_NOT_IDENTITY = {"steps", "checkpoint_every"}
+#: Settings that say how long, how often or how the batch is split, not what is trained: a run that
+#: only raises ``steps`` (or changes ``grad_accum``) continues from its checkpoint.
+_NOT_IDENTITY = {"steps", "checkpoint_every", "grad_accum"}
 
 
 def _fingerprint(*parts: object) -> str:
@@ -112,22 +114,48 @@ class EMA:
         module.load_state_dict({**module.state_dict(), **self.shadow})
 
 
+class StepContext(NamedTuple):
+    """Where a micro-batch sits: optimisation ``step`` (1-based), index of its first sample in the
+    step's global batch, and that batch's size (``cfg.batch_size``, over all workers)."""
+
+    step: int
+    start: int
+    global_batch: int
+
+    def sample_slice(self, n: int) -> slice:
+        return slice(self.start, self.start + n)
+
+
+#: A stage's loss on one micro-batch: ``(loss, scalar metrics)``; the loop owns backward and the step.
+LossFn = Callable[[torch.Tensor, StepContext], tuple[torch.Tensor, dict[str, float]]]
+
+
 def _run(
     stage: str,
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    step_fn: Callable[[torch.Tensor], dict[str, float]],
+    loss_fn: LossFn,
     batches: Iterator[torch.Tensor],
     cfg: StageTrainConfig,
     workdir: Path | None,
     log: MetricLogger | None,
     fingerprint: str = "",
     ema_decay: float = 0.0,
+    *,
+    ddp: nn.Module | None = None,
+    clip: list[nn.Parameter] | None = None,
+    after_step: Callable[[], dict[str, float]] | None = None,
+    d: Dist = SINGLE,
 ) -> StageResult:
-    """The shared loop: resume, schedule the learning rate, step, average, log, checkpoint.
+    """The shared loop: resume, schedule the learning rate, accumulate, step, average, log, checkpoint.
 
-    ``optimizers["main"]`` follows ``cfg.lr_at(step)``; others keep their own rate. With ``ema_decay``
-    the modules' EMA is kept beside them (and checkpointed) and copied into them at the end.
+    One optimisation step = ``cfg.grad_accum`` micro-batches from ``batches`` (this worker's share of
+    the global batch), each forward under autocast when ``cfg.precision`` asks for it, gradients kept
+    local (DDP ``no_sync``) until the last; then gradient clipping (``clip``, norm 1), the main
+    optimiser's step at ``cfg.lr_at(step)`` and ``after_step`` (the codec's aux loss). ``modules`` are
+    the plain modules (state, EMA, checkpoint); ``ddp`` is the wrapper their forward goes through on
+    several workers. Metrics are averaged over micro-batches and workers; only rank 0 logs and writes
+    checkpoints (every worker reads them on resume, so they must be on shared storage).
     """
     ckpt = workdir / f"{stage}.ckpt.pt" if workdir is not None else None
     start, history = 0, []
@@ -142,29 +170,48 @@ def _run(
             ema.load_state_dict(state["ema"][name])
         start, history = int(state["step"]), list(state["losses"])
     resumed_from = start
-    torch.manual_seed(cfg.seed + start)
+    torch.manual_seed(cfg.seed + start + 104_729 * d.rank)  # workers draw different model-internal noise
     for m in modules.values():
         m.train()
-    bar = _progress(cfg.steps, start, stage)
+    bar = _progress(cfg.steps, start, stage) if d.is_main else None
     device = next(next(iter(modules.values())).parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    accum, local_batch = cfg.grad_accum, cfg.batch_size // d.world
     step, last = start, {}
     for step in range(start + 1, cfg.steps + 1):
         lr = cfg.lr_at(step)
         for group in optimizers["main"].param_groups:
             group["lr"] = lr
         t_step = time.perf_counter()
-        last = step_fn(next(batches).to(device, non_blocking=True))
+        optimizers["main"].zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for m in range(accum):
+            x = next(batches).to(device, non_blocking=True)
+            ctx = StepContext(step, d.rank * local_batch + m * x.shape[0], cfg.batch_size)
+            with no_sync(ddp, m < accum - 1) if ddp is not None else contextlib.nullcontext():
+                with autocast:
+                    loss, metrics = loss_fn(x, ctx)
+                (loss.float() / accum).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / accum
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        optimizers["main"].step()
+        if after_step is not None:
+            sums.update(after_step())
         for name, ema in emas.items():
             ema.update(modules[name])
+        last = mean_metrics(sums, d, device)
         last["lr"] = lr
         last["images_per_s"] = cfg.batch_size / max(time.perf_counter() - t_step, 1e-9)
         history.append(last["loss"])
-        if log is not None:
+        if log is not None and d.is_main:
             for k, v in last.items():
                 log(f"{stage}/{k}", v, step)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
-        bar.update(1)
-        if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+            bar.update(1)
+        if ckpt is not None and d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             atomic_torch_save(
                 {
                     "step": step,
@@ -176,7 +223,8 @@ def _run(
                 },
                 ckpt,
             )
-    bar.close()
+    if bar is not None:
+        bar.close()
     for name, ema in emas.items():
         ema.copy_to(modules[name])
     for m in modules.values():
@@ -194,32 +242,41 @@ def train_codec(
     workdir: Path | None = None,
     log: MetricLogger | None = None,
     identity: str = "",
+    d: Dist = SINGLE,
 ) -> StageResult:
-    """Stage 1: the hyperprior codec, loss = bpp + λ_rd · 255² · MSE, plus CompressAI's aux loss."""
+    """Stage 1: the hyperprior codec, loss = bpp + λ_rd · 255² · MSE, plus CompressAI's aux loss.
+
+    On several workers the main parameters go through DDP; the entropy bottleneck's ``quantiles``
+    (which only the aux loss reaches) are left out of DDP and their gradients averaged by hand, so
+    every worker keeps the same quantiles (and hence the same CDF tables after ``update()``).
+    """
     codec = model.codec
-    main_params = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
-    aux_params = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
+    aux_names = [n for n, _ in codec.named_parameters() if n.endswith(".quantiles")]
+    main_params = [p for n, p in codec.named_parameters() if n not in aux_names]
+    aux_params = [p for n, p in codec.named_parameters() if n in aux_names]
     opt = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    forward = wrap(codec, d, ignore=aux_names)
 
-    def step(x: torch.Tensor) -> dict[str, float]:
-        out = codec(x)
+    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        out = forward(x)
         n_px = x.shape[0] * x.shape[2] * x.shape[3]
-        rate = sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()) / n_px
-        mse = F.mse_loss(out["x_hat"], x)
+        rate = sum(-torch.log2(lk.float()).sum() for lk in out["likelihoods"].values()) / n_px
+        mse = F.mse_loss(out["x_hat"].float(), x)
         loss = rate + lmbda * 255**2 * mse
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main_params, 1.0)
-        opt.step()
+        return loss, {"loss": loss.item(), "bpp": rate.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+
+    def aux_step() -> dict[str, float]:
         aux = codec.aux_loss()
-        aux_opt.zero_grad()
+        aux_opt.zero_grad(set_to_none=True)
         aux.backward()
+        average_grads(aux_params, d)
         aux_opt.step()
-        return {"loss": loss.item(), "bpp": rate.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+        return {"aux_loss": aux.item()}
 
     fp = _fingerprint(model.config.codec, cfg, lmbda, identity)
-    result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, step, batches, cfg, workdir, log, fp)
+    result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, loss_fn, batches, cfg, workdir, log, fp,
+                  ddp=forward if d.active else None, clip=main_params, after_step=aux_step, d=d)
     codec.update(force=True)
     model.invalidate_hash()
     return result
@@ -238,6 +295,7 @@ def train_diffusion(
     workdir: Path | None = None,
     log: MetricLogger | None = None,
     identity: str = "",
+    d: Dist = SINGLE,
 ) -> StageResult:
     """Stage 2: denoising on the residual r0 = s·(x − g_s(ŷ)), codec frozen.
 
@@ -263,14 +321,19 @@ def train_diffusion(
 
         perceptual = lpips_model(cfg.lpips_net)
 
-    def step(x: torch.Tensor) -> dict[str, float]:
+    forward = wrap(net, d)
+
+    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         y_hat, x_base = _frozen_latents(model, x)
         r0 = (x - x_base) * s
-        t = torch.randint(0, n_t, (x.shape[0],), device=x.device)
+        # t, noise and the LPIPS window are drawn for the whole global batch from the step's stream, and
+        # each worker keeps its samples' share: the step does not depend on how the batch is split.
+        g, mine = step_generator(cfg.seed, ctx.step, x.device), ctx.sample_slice(x.shape[0])
+        t = torch.randint(0, n_t, (ctx.global_batch,), generator=g, device=x.device)[mine]
+        noise = torch.randn((ctx.global_batch, *r0.shape[1:]), generator=g, device=x.device, dtype=r0.dtype)[mine]
         a = ac.to(x.device)[t].view(-1, 1, 1, 1).to(x.dtype)
-        noise = torch.randn_like(r0)
         r_t = a.sqrt() * r0 + (1 - a).sqrt() * noise
-        out = net(r_t, t, y_hat, x_base)
+        out = forward(r_t, t, y_hat, x_base).float()
         r0_hat = split_prediction(kind, out, r_t, a)[0]
         if cfg.snr_clip > 0:
             weight = (a / (1 - a)).clamp(max=cfg.snr_clip)
@@ -284,20 +347,16 @@ def train_diffusion(
             x_ref = x
             if cfg.lpips_crop and cfg.lpips_crop < min(x.shape[-2:]):
                 c = cfg.lpips_crop
-                i, j = (int(v) for v in torch.randint(0, min(x.shape[-2:]) - c + 1, (2,)))
+                i, j = (int(v) for v in torch.randint(0, min(x.shape[-2:]) - c + 1, (2,), generator=g, device=x.device))
                 x_hat, x_ref = x_hat[..., i : i + c, j : j + c], x_ref[..., i : i + c, j : j + c]
-            p = perceptual.to(x.device)(x_hat * 2 - 1, x_ref * 2 - 1, normalize=False).mean()
+            p = perceptual.to(x.device)(x_hat * 2 - 1, x_ref * 2 - 1, normalize=False).float().mean()
             loss = loss + cfg.lpips_weight * p
             metrics["lpips"] = p.item()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        return {"loss": loss.item(), **metrics}
+        return loss, {"loss": loss.item(), **metrics}
 
     fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec), identity)
-    result = _run("diffusion", {"diffusion": net}, {"main": opt}, step, batches, cfg, workdir, log, fp,
-                  ema_decay=cfg.ema_decay)
+    result = _run("diffusion", {"diffusion": net}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
+                  ema_decay=cfg.ema_decay, ddp=forward if d.active else None, clip=list(net.parameters()), d=d)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
@@ -310,6 +369,7 @@ def train_privileged_decoder(
     workdir: Path | None = None,
     log: MetricLogger | None = None,
     identity: str = "",
+    d: Dist = SINGLE,
 ) -> StageResult:
     """Stage 3: D_e on frozen ŷ for MSE, starting from the trained g_s (a fresh run copies it in)."""
     model.codec.eval().requires_grad_(False)
@@ -317,16 +377,16 @@ def train_privileged_decoder(
     de.g_s.load_state_dict(model.codec.g_s.state_dict())  # a resumed run then loads its own state
     opt = torch.optim.Adam(de.parameters(), lr=cfg.lr)
 
-    def step(x: torch.Tensor) -> dict[str, float]:
+    forward = wrap(de, d)
+
+    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         y_hat, _ = _frozen_latents(model, x)
-        mse = F.mse_loss(de(y_hat), x)
-        opt.zero_grad()
-        mse.backward()
-        opt.step()
-        return {"loss": mse.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+        mse = F.mse_loss(forward(y_hat).float(), x)
+        return mse, {"loss": mse.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
 
     fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec), identity)
-    result = _run("privileged", {"privileged": de}, {"main": opt}, step, batches, cfg, workdir, log, fp)
+    result = _run("privileged", {"privileged": de}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
+                  ddp=forward if d.active else None, d=d)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
@@ -349,6 +409,7 @@ def fit_correction(
     *,
     seed: int = 0,
     log: MetricLogger | None = None,
+    d: Dist = SINGLE,
 ) -> CorrectionFit:
     """Stage 4: simulate the encoder on ``images``, fit the λ tables, choose ε̃ by measured quality.
 
@@ -358,6 +419,9 @@ def fit_correction(
     ``EPS_MODE_MIN_GAIN_SHARE`` of the other variant's (else the other wins). The report gives PSNR and
     LPIPS of each variant, of plain diffusion (λ ≡ 0) and of x_e, the λ bits per image under the
     fitted tables, the PSNR gain per λ bit and the mean λ* per corrected step.
+
+    On several workers each simulates ``images[rank::world]`` (image i keeps seed ``seed + i``) and the
+    per-image records are gathered, so every worker fits the same tables as one worker would.
     """
     from pdc.metrics.perceptual import lpips
     from pdc.models.correction import encode_levels
@@ -365,55 +429,54 @@ def fit_correction(
     dcfg, ccfg = model.config.diffusion, model.config.correction
     k = dcfg.steps
     coded = correctable_steps(ccfg, k)
-    report: dict[str, float] = {}
-    fits: dict[str, tuple[list[list[int]], list[list[float]]]] = {}
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
+    modes = ("network", "rederive")
+    common = dict(steps=k, residual_scale=dcfg.residual_scale)
+    device = next(model.parameters()).device
+    records: list[dict] = []  # one per image: scores per system, levels and λ* per mode
 
     with torch.no_grad():
-        device = next(model.parameters()).device
-        prepared = []
-        for x in images:
+        for i in range(d.rank, len(images), d.world):
+            x = images[i]
             x = (x if x.dim() == 4 else x.unsqueeze(0)).to(device)
-            y_hat, x_base = _frozen_latents(model, x)
-            prepared.append((x, y_hat, x_base, model.privileged(y_hat)))
+            y, xb = _frozen_latents(model, x)
+            xe = model.privileged(y)
+            rec: dict = {"i": i}
 
-        def score(name: str, outputs: list[torch.Tensor]) -> None:
-            report[f"psnr_{name}"] = mean([psnr(o, p[0]) for o, p in zip(outputs, prepared)])
-            report[f"lpips_{name}"] = mean([lpips(o, p[0]) for o, p in zip(outputs, prepared)])
+            def score(name: str, out: torch.Tensor) -> None:
+                rec[f"psnr_{name}"], rec[f"lpips_{name}"] = psnr(out, x), lpips(out, x)
 
-        common = dict(steps=k, residual_scale=dcfg.residual_scale)
-        score("diffusion", [sample(model.diffusion, model.scheduler, y, xb, seed=seed + i, correction=ccfg, **common).image
-                            for i, (x, y, xb, _) in enumerate(prepared)])
-        score("e2e", [xe for *_, xe in prepared])
-        for mode in ("network", "rederive"):
-            cc = ccfg.model_copy(update={"eps_mode": mode})
-            per_step: list[list[int]] = [[] for _ in coded]
-            stars: list[list[float]] = [[] for _ in coded]
-            outputs = []
-            for i, (x, y, xb, xe) in enumerate(prepared):
+            score("diffusion", sample(model.diffusion, model.scheduler, y, xb, seed=seed + i, correction=ccfg,
+                                      **common).image)
+            score("e2e", xe)
+            for mode in modes:
+                cc = ccfg.model_copy(update={"eps_mode": mode})
                 res = sample(model.diffusion, model.scheduler, y, xb, seed=seed + i, correction=cc, x_e=xe, target=x,
                              **common)
-                outputs.append(res.image)
-                for j, step_k in enumerate(coded):
-                    per_step[j].append(res.levels[step_k])
-                    stars[j].append(res.lambda_star[j])
-            fits[mode] = (per_step, stars)
-            score(f"corrdiff_{mode}", outputs)
-    a, b = sorted(("network", "rederive"), key=lambda m: report[f"lpips_corrdiff_{m}"])
+                score(f"corrdiff_{mode}", res.image)
+                rec[f"levels_{mode}"] = [int(res.levels[step_k]) for step_k in coded]
+                rec[f"stars_{mode}"] = [float(res.lambda_star[j]) for j in range(len(coded))]
+            records.append(rec)
+    records = sorted(gather_objects(records, d), key=lambda r: r["i"])
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in records) / len(records)
+
+    report = {f"{m}_{name}": mean(f"{m}_{name}") for name in ("diffusion", "e2e", *(f"corrdiff_{x}" for x in modes))
+              for m in ("psnr", "lpips")}
+    a, b = sorted(modes, key=lambda m: report[f"lpips_corrdiff_{m}"])
     gain = {m: report[f"psnr_corrdiff_{m}"] - report["psnr_diffusion"] for m in (a, b)}
     best = a if gain[a] >= EPS_MODE_MIN_GAIN_SHARE * gain[b] else b
-    per_step, stars = fits[best]
+    per_step = [[r[f"levels_{best}"][j] for r in records] for j in range(len(coded))]
     coded_tables = fit_tables(per_step, ccfg.levels)
     tables = torch.full((k, ccfg.levels), 1.0 / ccfg.levels)
     tables[coded] = coded_tables
-    bits = [8 * len(encode_levels([per_step[j][i] for j in range(len(coded))], coded_tables)) for i in range(len(images))]
-    report["lambda_bits_per_image"] = mean(bits)
-    report["psnr_gain_per_lambda_bit"] = (report[f"psnr_corrdiff_{best}"] - report["psnr_diffusion"]) / max(mean(bits), 1)
+    bits = [8 * len(encode_levels(r[f"levels_{best}"], coded_tables)) for r in records]
+    report["lambda_bits_per_image"] = sum(bits) / len(bits)
+    report["psnr_gain_per_lambda_bit"] = (report[f"psnr_corrdiff_{best}"] - report["psnr_diffusion"]) / max(
+        report["lambda_bits_per_image"], 1)
     for j, step_k in enumerate(coded):
-        report[f"lambda_star_mean_step{step_k}"] = mean(stars[j])
-    if log is not None:
+        report[f"lambda_star_mean_step{step_k}"] = sum(r[f"stars_{best}"][j] for r in records) / len(records)
+    if log is not None and d.is_main:
         for name, value in report.items():
             log(f"correction/{name}", value, 0)
     return CorrectionFit(tables, best, report)

@@ -23,8 +23,12 @@ app = typer.Typer(
 Params = Annotated[Path, typer.Option(help="params.yaml with rate points and profiles.")]
 ProfileOpt = Annotated[str | None, typer.Option(help="Profile name (default: params.yaml's `profile`).")]
 Rate = Annotated[str, typer.Option("--rate-point", "-r", help="Rate point name from params.yaml (e.g. r0).")]
-Data = Annotated[Path | None, typer.Option(help="Training data: a WebDataset shard folder or a folder of images "
-                                                "(default: pipeline.shards).")]
+Data = Annotated[str | None, typer.Option(help="Training data: a WebDataset shard folder, its URL (file://, https://, "
+                                               "s3:// via fsspec, or 'pipe:CMD {name}'), or a folder of images "
+                                               "(default: pipeline.shards).")]
+Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Data-parallel workers (default: the profile's "
+                                             "scaling.num_workers). Above 1 the stage runs on Ray Train (DDP); "
+                                             "RAY_ADDRESS joins a cluster.")]
 Init = Annotated[Path | None, typer.Option(help="Model package written by the previous stage (default: its layout path).")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Model package to write (default: models/stages/<r>/<stage>).")]
 Work = Annotated[Path | None, typer.Option(help="Checkpoint folder: a killed run resumes from here "
@@ -35,21 +39,28 @@ Metrics = Annotated[Path | None, typer.Option(help="Metrics JSON (and loss histo
 
 def _stage_command(spec: TrainStage):
     def command(rate_point: Rate, data: Data = None, init: Init = None, out: Out = None, workdir: Work = None,
-                params: Params = Path("params.yaml"), profile: ProfileOpt = None, metrics: Metrics = None) -> None:
+                params: Params = Path("params.yaml"), profile: ProfileOpt = None, metrics: Metrics = None,
+                workers: Workers = None) -> None:
         from pdc.config import load_params
         from pdc.pipeline import Layout
+        from pdc.scale import with_num_workers
         from pdc.stages import run_stage
 
-        p = load_params(params, profile)
+        p = with_num_workers(load_params(params, profile), workers)
         lay = Layout.of(p)
-        res = run_stage(
-            spec.name, p, rate_point,
+        paths = dict(
             data=data or lay.shards_dir,
             init=init or lay.init_package(rate_point, spec.name),
             out=out or lay.package(rate_point, spec.name),
             workdir=(workdir or lay.checkpoints(rate_point, spec.name)) if spec.checkpoints else None,
             metrics=metrics or lay.stage_metrics(rate_point, spec.name),
         )
+        if p.active.scaling.num_workers > 1:
+            from pdc.scale import run_stage_scaled
+
+            res = run_stage_scaled(spec.name, params, profile, rate_point, num_workers=workers, **paths)
+        else:
+            res = run_stage(spec.name, p, rate_point, **paths)
         shown = {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "stage"}
         typer.echo(f"{spec.name} [{rate_point}]: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))

@@ -3,21 +3,23 @@
 ``make_loader`` returns an endless stream of float32 batches ``(B, 3, crop, crop)`` in [0, 1]; training
 is step-based, so there are no epochs to manage.
 
-* **Shards folder** (has ``manifest.json``): a WebDataset pipeline that resamples shards of the split
-  (``ResampledShards``, i.e. ``resampled=True``), reads samples, decodes, crops and shuffles them
-  through a buffer, and batches.  Each worker draws its own shard sequence, so shards are shuffled
-  across workers.
-* **Image folder**: each worker walks its share of :func:`list_images` in a fresh random order per pass,
-  doing the same decode and crop work.  ``split="train"``/``"val"`` applies the shards' hash rule (with
-  ``val_fraction``) to paths relative to the folder; ``split="all"`` uses every image.
+* **Shards** (a folder with ``manifest.json``, or its URL: ``file://``, ``https://``, ``s3://`` through
+  fsspec, or a ``pipe:`` command template): shards of the split are drawn with replacement (resampled),
+  streamed, decoded, cropped and shuffled through a buffer, and batched.
+* **Image folder**: each reader walks its share of :func:`list_images` in a fresh random order per
+  pass, doing the same decode and crop work.  ``split="train"``/``"val"`` applies the shards' hash rule
+  (with ``val_fraction``) to paths relative to the folder; ``split="all"`` uses every image.
+
+Data-parallel training: ``rank``/``world`` and the loader workers define reader *slots*; each slot reads
+a disjoint part of the data (whole shards, or every n-th sample when there are fewer shards than slots)
+with randomness seeded by (seed, rank, worker), so no two workers see the same crops.
 
 Images smaller than the crop are **mirror-padded** (``numpy.pad(mode="symmetric")``) up to the crop size
 rather than dropped; import and validation already reject images below ``--min-size`` (default: 256),
 so padding only happens with a crop larger than that.
 
-Workers: ``num_workers`` is clamped to the number of shards of the split (folder: number of images);
-0 loads in the calling process.  Randomness is seeded from ``(seed, worker id)``, so a run with the same
-seed and worker count sees the same batches.
+Loader workers: ``num_workers`` is clamped to the images per rank; 0 loads in the calling process.  A run
+with the same seed, rank and worker counts sees the same batches.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pdc.fsutil import list_files
-from pdc.data.shards import DEFAULT_VAL_FRACTION, MANIFEST, read_manifest, split_of
+from pdc.data.shards import DEFAULT_VAL_FRACTION, MANIFEST, ShardLocation, is_url, split_of
 from pdc.errors import DataError
 from pdc.imageio import DATASET_SUFFIXES, _to_rgb8, read_image
 
@@ -82,11 +84,23 @@ def _worker() -> tuple[int, int]:
 CROPS_PER_IMAGE = 4
 
 
-class _Batches:
-    """Shared tail of both pipelines: a shuffle buffer of crops, then batches."""
+class _Batches(IterableDataset):
+    """Shared part of both pipelines: which reader slot this process is, its random stream, a shuffle
+    buffer of crops, then batches.
 
-    def __init__(self, crop: int, batch_size: int, seed: int, shuffle_buffer: int) -> None:
+    A *slot* is one (rank, loader worker) pair: ``slot = rank · loader_workers + worker``, out of
+    ``world · loader_workers``. Each slot reads a disjoint part of the data and seeds its randomness
+    with ``(seed, rank, worker)``, so no two ranks (or loader workers) ever produce the same crop.
+    """
+
+    def __init__(self, crop: int, batch_size: int, seed: int, shuffle_buffer: int, rank: int, world: int) -> None:
+        super().__init__()
         self.crop, self.batch_size, self.seed, self.shuffle_buffer = crop, batch_size, seed, shuffle_buffer
+        self.rank, self.world = rank, world
+
+    def _slot(self) -> tuple[int, int, np.random.Generator]:
+        wid, nw = _worker()
+        return self.rank * nw + wid, self.world * nw, np.random.default_rng([self.seed, self.rank, wid, 0x5EED])
 
     def batches(self, crops: Iterator[np.ndarray], rng: np.random.Generator) -> Iterator[torch.Tensor]:
         buf: list[np.ndarray] = []
@@ -102,46 +116,54 @@ class _Batches:
                 yield _collate(batch)
                 batch = []
 
+    def _images(self, slot: int, slots: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        raise NotImplementedError
 
-class _FolderCrops(IterableDataset, _Batches):
-    def __init__(self, files: list[Path], crop: int, batch_size: int, seed: int, shuffle_buffer: int) -> None:
-        IterableDataset.__init__(self)
-        _Batches.__init__(self, crop, batch_size, seed, shuffle_buffer)
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        slot, slots, rng = self._slot()
+        crops = (random_crop_flip(image, self.crop, rng) for image in self._images(slot, slots, rng)
+                 for _ in range(CROPS_PER_IMAGE))
+        return self.batches(crops, rng)
+
+
+class _FolderCrops(_Batches):
+    def __init__(self, files: list[Path], *args) -> None:
+        super().__init__(*args)
         self.files = files
 
-    def _crops(self, rng: np.random.Generator, wid: int, nw: int) -> Iterator[np.ndarray]:
-        mine = self.files[wid::nw]
+    def _images(self, slot: int, slots: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        mine = self.files[slot::slots]
         while True:
             for i in rng.permutation(len(mine)):
-                image = read_image(mine[i])
-                for _ in range(CROPS_PER_IMAGE):
-                    yield random_crop_flip(image, self.crop, rng)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        wid, nw = _worker()
-        rng = np.random.default_rng([self.seed, wid, 0x5EED])
-        return self.batches(self._crops(rng, wid, nw), rng)
+                yield read_image(mine[i])
 
 
-class _ShardCrops(IterableDataset, _Batches):
-    def __init__(self, urls: list[str], crop: int, batch_size: int, seed: int, shuffle_buffer: int) -> None:
-        IterableDataset.__init__(self)
-        _Batches.__init__(self, crop, batch_size, seed, shuffle_buffer)
-        self.urls = urls
+class _ShardCrops(_Batches):
+    """Shards drawn with replacement (resampled), read as streams from a folder or a URL.
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        import webdataset as wds
+    With at least as many shards as slots each slot owns whole shards (``shards[slot::slots]``);
+    otherwise every slot reads every shard and keeps the samples whose global index (manifest order)
+    is ``slot`` modulo ``slots``.
+    """
 
-        wid, _ = _worker()
-        rng = np.random.default_rng([self.seed, wid, 0x5EED])
-        shards = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True)
-        samples = wds.tarfile_to_samples()(iter(shards))
-        crops = (
-            random_crop_flip(image, self.crop, rng)
-            for image in (decode_png_bytes(s["png"]) for s in samples if "png" in s)
-            for _ in range(CROPS_PER_IMAGE)
-        )
-        return self.batches(crops, rng)
+    def __init__(self, location: ShardLocation, shards: list[dict], *args) -> None:
+        super().__init__(*args)
+        self.location, self.shards = location, shards
+
+    def _images(self, slot: int, slots: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        offsets = np.cumsum([0] + [int(e.get("samples", 0)) for e in self.shards])
+        by_shard = len(self.shards) >= slots
+        mine = list(range(slot, len(self.shards), slots)) if by_shard else list(range(len(self.shards)))
+        while True:
+            k = mine[int(rng.integers(0, len(mine)))]
+            name = self.shards[k]["name"]
+            with self.location.open(name) as stream:
+                samples = group_by_keys(tar_file_expander([{"url": self.location.url(name), "stream": stream}]))
+                for j, sample in enumerate(samples):
+                    if "png" in sample and (by_shard or (offsets[k] + j) % slots == slot):
+                        yield decode_png_bytes(sample["png"])
 
 
 class BatchStream:
@@ -167,7 +189,7 @@ class BatchStream:
 
 
 def make_loader(
-    source: Path,
+    source: str | Path,
     crop: int,
     batch_size: int,
     *,
@@ -176,41 +198,56 @@ def make_loader(
     split: str = "train",
     val_fraction: float = DEFAULT_VAL_FRACTION,
     shuffle_buffer: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterable[torch.Tensor]:
-    """Endless float32 batches (B, 3, crop, crop) in [0, 1] from a shards folder or an image folder.
+    """Endless float32 batches (B, 3, crop, crop) in [0, 1] from shards (a folder or a URL, see
+    :class:`~pdc.data.shards.ShardLocation`) or an image folder.
 
     ``split`` is ``"train"`` or ``"val"`` (shards and folders) or ``"all"`` (folders only).
+    ``rank``/``world`` select this data-parallel worker's share; ``num_workers`` loader processes split
+    it further (see :class:`_Batches`).
     ``shuffle_buffer`` (crops held for shuffling) defaults to ``max(2 * batch_size, 4 * CROPS_PER_IMAGE)``.
-    Raises :class:`DataError` when the source is missing or the split holds no images.
+    Raises :class:`DataError` when the source is missing, the split holds no images, or has fewer
+    images than there are workers to share them.
     """
-    source = Path(source)
     if crop < 1 or batch_size < 1:
         raise DataError(f"crop and batch size must be >= 1 (got crop={crop}, batch_size={batch_size})")
     if split not in ("train", "val", "all"):
         raise DataError(f"unknown split {split!r} (train, val or all)")
+    if not 0 <= rank < world:
+        raise DataError(f"rank {rank} is outside a group of {world} workers")
     buffer = max(1, shuffle_buffer if shuffle_buffer is not None else max(2 * batch_size, 4 * CROPS_PER_IMAGE))
-    if (source / MANIFEST).is_file():
-        manifest = read_manifest(source)
-        names = (
-            [e["name"] for e in manifest["shards"].get(split, [])]
+    location = ShardLocation(source)
+    common = (crop, batch_size, seed, buffer, rank, world)
+    if location.is_shards:
+        manifest = location.manifest()
+        entries = (
+            list(manifest["shards"].get(split, []))
             if split != "all"
-            else [e["name"] for s in manifest["shards"].values() for e in s]
+            else [e for s in manifest["shards"].values() for e in s]
         )
-        if not names:
+        if not entries:
             raise DataError(f"{source}: the {split} split has no shards")
-        missing = [n for n in names if not (source / n).is_file()]
-        if missing:
-            raise DataError(f"{source}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
-        dataset: IterableDataset = _ShardCrops([str(source / n) for n in names], crop, batch_size, seed, buffer)
-        kind, limit = "shards", len(names)
+        if not is_url(source):
+            missing = [e["name"] for e in entries if not (Path(source) / e["name"]).is_file()]
+            if missing:
+                raise DataError(f"{source}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
+        dataset: _Batches = _ShardCrops(location, entries, *common)
+        kind, images = "shards", sum(int(e.get("samples", 1)) for e in entries)
     else:
+        source = Path(source)
         files = list_images(source)
         if split != "all":
             files = [f for f in files if split_of(f.relative_to(source).as_posix(), val_fraction) == split]
         if not files:
             raise DataError(f"{source}: no images for split {split!r}")
-        dataset = _FolderCrops(files, crop, batch_size, seed, buffer)
-        kind, limit = "folder", len(files)
-    workers = max(0, min(int(num_workers), limit))
+        dataset = _FolderCrops(files, *common)
+        kind, images = "folder", len(files)
+    per_rank = images // world
+    if per_rank < 1:
+        raise DataError(f"{source}: the {split} split has {images} image(s), fewer than the {world} data-parallel "
+                        "workers that must each read their own")
+    workers = max(0, min(int(num_workers), per_rank))
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
-    return BatchStream(loader, source, kind, workers)
+    return BatchStream(loader, Path(source) if not is_url(source) else source, kind, workers)

@@ -245,3 +245,68 @@ def training_pixel_hashes(source: Path) -> dict[str, str]:
 
     rels = [f.relative_to(source).as_posix() for f in list_images(source)]
     return {pixel_hash(read_image(source / r)): r for r in rels if split_of(r) == "train"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shards somewhere else: a URL instead of a local folder.
+
+def is_url(source: str | Path) -> bool:
+    """``pipe:…`` or ``<protocol>://…`` (fsspec): shards read as streams rather than from a folder."""
+    s = str(source)
+    return s.startswith("pipe:") or "://" in s
+
+
+class ShardLocation:
+    """Where a shards folder lives, and how to open one of its files as a byte stream.
+
+    * a local folder (``data/shards``),
+    * an fsspec URL of the folder (``file:///mnt/shared/shards``, ``https://host/shards``,
+      ``s3://bucket/shards`` with ``s3fs`` installed): files are ``<url>/<name>``,
+    * a ``pipe:`` command template with ``{name}`` (``pipe:curl -sf https://host/shards/{name}``,
+      ``pipe:aws s3 cp s3://bucket/shards/{name} -``): the command's stdout is the file.
+    """
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = str(source)
+        if self.source.startswith("pipe:") and "{name}" not in self.source:
+            raise DataError(f"{self.source}: a pipe: shard source needs a {{name}} placeholder for the file name")
+
+    def url(self, name: str) -> str:
+        if self.source.startswith("pipe:"):
+            return self.source.replace("{name}", name)
+        if is_url(self.source):
+            return self.source.rstrip("/") + "/" + name
+        return str(Path(self.source) / name)
+
+    def open(self, name: str):
+        """A binary stream of one file; :class:`DataError` names the URL when it cannot be read."""
+        url = self.url(name)
+        try:
+            if url.startswith("pipe:"):
+                import webdataset as wds
+
+                return wds.gopen(url, "rb")
+            if is_url(url):
+                import fsspec
+
+                return fsspec.open(url, "rb").open()
+            return open(url, "rb")
+        except (OSError, ValueError, ImportError) as exc:
+            raise DataError(f"{url}: cannot open ({exc})") from None
+
+    def manifest(self) -> dict:
+        """The manifest, checked as :func:`read_manifest` checks a local one."""
+        if not is_url(self.source):
+            return read_manifest(Path(self.source))
+        try:
+            with self.open(MANIFEST) as f:
+                manifest = json.loads(f.read())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.url(MANIFEST)}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise DataError(f"{self.url(MANIFEST)}: not a shards manifest (expected format {FORMAT})")
+        return manifest
+
+    @property
+    def is_shards(self) -> bool:
+        return is_url(self.source) or (Path(self.source) / MANIFEST).is_file()

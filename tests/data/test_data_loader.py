@@ -55,9 +55,11 @@ def test_same_seed_same_batches(kind, corpus, shards):
     assert not torch.equal(xa, xc)
 
 
-def test_workers_are_clamped_to_the_shard_count(shards):
+def test_workers_are_clamped_to_the_image_count(shards):
+    from pdc.data.shards import read_manifest
+
     stream = make_loader(shards, 16, 2, num_workers=16, split="val")
-    n_val = len(list(shards.glob("val-*.tar")))
+    n_val = read_manifest(shards)["counts"]["val"]
     assert stream.num_workers == n_val >= 1
     _check(next(stream), 2, 16)
     stream.close()
@@ -95,3 +97,60 @@ def test_list_images(tmp_path, rgb_folder):
     ]
     with pytest.raises(DataError):
         list_images(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data-parallel reading: every (rank, loader worker) slot reads its own images.
+
+def _slot_images(stream, slot: int, slots: int, n: int) -> set[bytes]:
+    """Pixel bytes of the first ``n`` images slot ``slot`` of ``slots`` decodes (the dataset's own reader)."""
+    it = stream.loader.dataset._images(slot, slots, np.random.default_rng(slot))
+    return {next(it).tobytes() for _ in range(n)}
+
+
+@pytest.mark.parametrize("kind", ["shards", "folder"])
+@pytest.mark.parametrize("slots", [2, 4])  # shards: 2 = whole shards per slot, 4 = every 4th sample
+def test_reader_slots_partition_the_images(kind, slots, corpus, shards):
+    source = shards if kind == "shards" else corpus
+    stream = make_loader(source, 16, 1, split="train")
+    seen = [_slot_images(stream, s, slots, 12) for s in range(slots)]
+    assert all(seen), "a slot read nothing"
+    for a in range(slots):
+        for b in range(a + 1, slots):
+            assert not (seen[a] & seen[b]), f"slots {a} and {b} read the same image"
+    everything = _slot_images(stream, 0, 1, 40)
+    assert set().union(*seen) == everything  # together they read the whole split
+
+
+@pytest.mark.parametrize("kind", ["shards", "folder"])
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_two_ranks_never_see_the_same_crop(kind, loader_workers, corpus, shards):
+    source = shards if kind == "shards" else corpus
+    crops = []
+    for rank in (0, 1):
+        stream = make_loader(source, 16, 2, seed=0, rank=rank, world=2, num_workers=loader_workers, split="train")
+        crops.append({c.numpy().tobytes() for _ in range(6) for c in next(stream)})
+        stream.close()
+    assert len(crops[0]) == len(crops[1]) == 12
+    assert not crops[0] & crops[1]
+
+
+def test_more_ranks_than_images_is_refused(corpus):
+    with pytest.raises(DataError, match="fewer than the 64 data-parallel workers"):
+        make_loader(corpus, 16, 1, rank=0, world=64, split="all")
+
+
+def test_shards_read_from_a_url_equal_the_local_folder(shards):
+    """file:// (fsspec) and a pipe: command give the very batches the folder gives (same seed)."""
+    local = make_loader(shards, 16, 2, seed=5)
+    via_fsspec = make_loader(shards.resolve().as_uri(), 16, 2, seed=5)
+    via_pipe = make_loader(f"pipe:cat {shards.resolve()}/{{name}}", 16, 2, seed=5)
+    a, b, c = (torch.cat([next(s) for _ in range(4)]) for s in (local, via_fsspec, via_pipe))
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_a_bad_shard_url_names_itself(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere/manifest.json"):
+        make_loader((tmp_path / "nowhere").as_uri(), 16, 2)
+    with pytest.raises(DataError, match=r"\{name\} placeholder"):
+        make_loader("pipe:cat /tmp/x", 16, 2)

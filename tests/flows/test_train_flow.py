@@ -39,6 +39,8 @@ def test_training_flow_registers_and_crowns_a_model(isolated_services):
     for rate in ("r0", "r1"):
         for stage in ("codec", "diffusion", "privileged", "correction"):
             assert (root / "models" / "stages" / rate / stage / "model.json").is_file()
+            # …through Ray Train (pdc.scale), the path `pdc train --workers N` takes too
+            assert (root / "checkpoints" / "ray" / f"{stage}-{rate}").is_dir()
     index = json.loads((root / "models" / "corrdiff" / "index.json").read_text())
     assert len(index["packages"]) == 2
 

@@ -1,0 +1,123 @@
+"""Data-parallel training helpers on plain ``torch.distributed`` (no launcher imports here).
+
+Whoever starts the processes (Ray Train in :mod:`pdc.scale`, ``torchrun``, a test's ``mp.spawn``)
+initialises the process group; :func:`current` then tells the training code its rank, and everything
+below is a no-op for a single process. The rules the stages follow::
+
+    global batch B  = cfg.batch_size            (one optimisation step, whatever the worker count)
+    worker r         = samples [r·B/W, (r+1)·B/W) of it, in grad_accum micro-batches
+    gradients        = DDP all-reduce (mean over workers) of the per-worker mean loss
+                     = the gradient of the mean loss over B, as with one worker
+    per-sample noise = drawn from (seed, step) for all B samples, each worker keeping its slice,
+                       so 2 workers × B/2 take the same step as 1 worker × B
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Dist(NamedTuple):
+    """Where this process sits in the data-parallel group."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Dist()
+
+
+def current() -> Dist:
+    """This process's rank and the group size (``Dist(0, 1)`` without an initialised process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size())
+    return SINGLE
+
+
+def wrap(module: nn.Module, d: Dist, ignore: Iterable[str] = ()) -> nn.Module:
+    """``module`` in DistributedDataParallel when ``d`` has several workers (else ``module`` itself).
+
+    ``ignore`` names parameters DDP must leave alone because the main loss never reaches them
+    (CompressAI's entropy-bottleneck ``quantiles``, trained by the aux loss: see :func:`average_grads`).
+    Buffers are synced once at construction (identical on every worker here) but not on every forward:
+    these models have no running statistics, and CompressAI's CDF buffers change size on ``update()``.
+    """
+    if not d.active:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    names = list(ignore)
+    if names:
+        DDP._set_params_and_buffers_to_ignore_for_model(module, names)
+    device = next(module.parameters()).device
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def no_sync(module: nn.Module, skip: bool):
+    """DDP's ``no_sync`` (keep gradients local) for all but the last micro-batch of a step."""
+    return module.no_sync() if skip and hasattr(module, "no_sync") else contextlib.nullcontext()
+
+
+def average_grads(params: Iterable[nn.Parameter], d: Dist) -> None:
+    """Mean of each parameter's gradient over the workers (for parameters DDP does not manage)."""
+    if not d.active:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(d.world)
+
+
+def mean_metrics(values: dict[str, float], d: Dist, device: torch.device) -> dict[str, float]:
+    """The workers' mean of each scalar (same keys on every worker) — what the logs and history show."""
+    if not d.active or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / d.world for k, v in zip(keys, t.tolist())}
+
+
+def gather_objects(items: list, d: Dist) -> list:
+    """Every worker's list, concatenated in rank order, on every worker."""
+    if not d.active:
+        return items
+    out: list[list | None] = [None] * d.world
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in (part or [])]
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The random stream of optimisation step ``step``: the same on every worker."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return g
+
+
+def micro_batches(batches: Iterator[torch.Tensor], accum: int) -> Iterator[list[torch.Tensor]]:
+    """Group a stream of micro-batches into lists of ``accum`` (one optimisation step each)."""
+    while True:
+        yield [next(batches) for _ in range(accum)]

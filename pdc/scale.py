@@ -1,0 +1,217 @@
+"""Training stages on Ray Train: data-parallel workers (DDP) on a local Ray or a cluster (``RAY_ADDRESS``).
+
+This is the one module of ``pdc`` that imports Ray (as :mod:`pdc.tracking` is the one for MLflow); the
+stage code itself (:func:`pdc.stages.run_stage`) knows only :mod:`pdc.distributed`. ::
+
+    driver: CLI (num_workers > 1) / DVC stage / Prefect task
+      └─ run_stage_scaled(stage, params, rate, paths)
+           ├─ checks the inputs here (a bad config or path fails at once, not once per restart)
+           └─ TorchTrainer(_worker_loop,
+                           ScalingConfig(num_workers, use_gpu, resources_per_worker),   ← params.yaml `scaling`
+                           RunConfig(storage_path, failure_config=FailureConfig(max_failures)))
+                 worker r of W: run_stage(..., d=Dist(r, W), device=ray.train.torch.get_device())
+                   reads its own part of the shards, DDP-averages gradients;
+                   rank 0 writes checkpoints, the package and the metrics (atomically)
+
+A lost worker or node makes Ray Train restart the group (up to ``max_failures`` times); every worker
+then resumes from the stage's last checkpoint. Checkpoints, packages, metrics, data and the Ray storage
+path are plain paths: on a multi-node cluster they must be on storage every node mounts at the same
+path (the driver passes absolute paths). ``RAY_ADDRESS`` joins a running cluster and ships this
+checkout to it as the job's ``working_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pdc.config import Params, ScalingConfig, explain_validation, load_params
+from pdc.errors import ConfigError, PdcError
+
+_INIT_LOCK = threading.Lock()  # Prefect runs concurrent tasks in threads of one process
+#: Big folders a cluster job must not upload as its working_dir (they live on shared storage).
+_NOT_SHIPPED = [".git", ".venv", "data", "models", "checkpoints", "metrics", "eval", "mlruns", "mlflow.db", "runs",
+                ".dvc/cache", "**/__pycache__"]
+#: Environment the workers must share with the driver (the MLflow store their live runs write to, …).
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "PDC_CACHE", "PDC_WEIGHTS_SOURCE")
+
+
+def runtime_env(address: str | None) -> dict[str, Any]:
+    """Ray's ``runtime_env`` for this driver: forwarded settings; on a cluster also the code."""
+    from pdc.pipeline import REPO_ROOT
+
+    env: dict[str, Any] = {"env_vars": {"PDC_NO_PROGRESS": "1",
+                                        **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}}
+    if address:
+        env.update(working_dir=str(REPO_ROOT), excludes=_NOT_SHIPPED)
+    return env
+
+
+def ensure_ray() -> None:
+    """Start a local Ray (or join ``RAY_ADDRESS``) once per process."""
+    import ray
+
+    with _INIT_LOCK:
+        if ray.is_initialized():
+            return
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True, runtime_env=runtime_env(address))
+        else:
+            ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False,
+                     runtime_env=runtime_env(None))
+
+
+def wants_gpu(scaling: ScalingConfig, cluster: dict[str, float]) -> bool:
+    """Whether the workers ask for GPUs: ``use_gpu`` as set, or with "auto" when the *cluster* (not the
+    driver) has ``gpus_per_worker`` for every worker."""
+    if scaling.use_gpu != "auto":
+        return bool(scaling.use_gpu)
+    return cluster.get("GPU", 0.0) >= scaling.gpus_per_worker * scaling.num_workers
+
+
+def worker_resources(scaling: ScalingConfig, gpu: bool) -> dict[str, float]:
+    return {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if gpu else {})}
+
+
+def with_num_workers(params: Params, num_workers: int | None) -> Params:
+    """``params`` with the active profile's ``scaling.num_workers`` replaced (validated again)."""
+    if num_workers is None or num_workers == params.active.scaling.num_workers:
+        return params
+    doc = params.model_dump()
+    doc["profiles"][params.profile]["scaling"]["num_workers"] = num_workers
+    try:
+        return Params.model_validate(doc)
+    except ValidationError as exc:
+        raise explain_validation(exc, f"scaling.num_workers={num_workers}") from None
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the stage on this worker's share (see the module docstring)."""
+    import contextlib
+
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from pdc.distributed import Dist
+    from pdc.stages import run_stage
+
+    if config["cwd"]:
+        os.chdir(config["cwd"])
+    ctx = ray.train.get_context()
+    d = Dist(ctx.get_world_rank(), ctx.get_world_size())
+    torch.set_num_threads(max(1, int(config["threads"])))
+    params = with_num_workers(load_params(config["params"], config["profile"]), config["num_workers"])
+    device = str(ray.train.torch.get_device()) if config["use_gpu"] else "cpu"
+    stage, rate = config["stage"], config["rate"]
+    live = contextlib.nullcontext(None)
+    if config["live"] and d.is_main:
+        from pdc.tracking import live_stage_run
+
+        live = live_stage_run(params, stage, rate, echo=lambda line: print(line, flush=True))
+    with live as log:
+        log = _inject_fault(log, config.get("fault"))
+        paths = {k: (Path(v) if k != "data" else v) if v else None for k, v in config["paths"].items()}
+        run_stage(stage, params, rate, log=log, d=d, device=device, **paths)
+
+
+def _inject_fault(log, spec: str | None):
+    """Test hook (``PDC_FAULT_INJECT=<step>:<marker file>`` in the driver): rank 0's process dies at that
+    step once — as a killed worker would — so a test can watch Ray Train restart and resume."""
+    if not spec:
+        return log
+    step_text, marker = spec.split(":", 1)
+
+    def logged(name: str, value: float, step: int) -> None:
+        if step == int(step_text) and not Path(marker).exists():
+            Path(marker).write_text("died once\n")
+            os._exit(1)
+        if log is not None:
+            log(name, value, step)
+
+    return logged
+
+
+def _check_inputs(stage: str, params: Params, rate: str, data: str, init: Path | None) -> None:
+    """Refuse what no restart can fix, before any worker starts (the same errors run_stage raises)."""
+    from pdc.pipeline import data_version, stage as stage_spec
+
+    stage_spec(stage)
+    params.rate_point(rate)
+    if stage != "codec" and (init is None or not init.exists()):
+        raise ConfigError(f"stage {stage} needs --init (the previous stage's package){f': {init} not found' if init else ''}")
+    data_version(data)  # reads the manifest (local or URL) or walks the folder: a missing source fails here
+
+
+def run_stage_scaled(
+    stage: str,
+    params_path: Path,
+    profile: str | None,
+    rate: str,
+    *,
+    data: Path | str,
+    out: Path,
+    init: Path | None = None,
+    workdir: Path | None = None,
+    metrics: Path | None = None,
+    live: bool = False,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Run :func:`pdc.stages.run_stage` on Ray Train with the profile's ``scaling``; returns its metrics.
+
+    ``num_workers`` overrides ``scaling.num_workers``; ``live`` logs the training loop to MLflow (rank 0).
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pdc.data.shards import is_url
+
+    params = with_num_workers(load_params(params_path, profile), num_workers)
+    scaling = params.active.scaling
+    absolute = lambda p: Path(p).resolve() if p is not None else None  # noqa: E731 - workers may run elsewhere
+    data = data if is_url(data) else absolute(data)
+    out, init, workdir = absolute(out), absolute(init), absolute(workdir)
+    _check_inputs(stage, params, rate, str(data), init)
+    metrics = absolute(metrics) if metrics is not None else (workdir or out.parent) / f"{out.name}.metrics.json"
+    storage = Path(scaling.storage_path).resolve() if scaling.storage_path else Path("checkpoints/ray").resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+
+    ensure_ray()
+    gpu = wants_gpu(scaling, ray.cluster_resources())
+    config = {
+        "stage": stage, "rate": rate, "params": str(Path(params_path).resolve()), "profile": params.profile,
+        "num_workers": scaling.num_workers, "use_gpu": gpu, "threads": scaling.cpus_per_worker, "live": live,
+        "cwd": None if os.environ.get("RAY_ADDRESS") else os.getcwd(),
+        "fault": os.environ.get("PDC_FAULT_INJECT"),
+        "paths": {"data": str(data), "out": str(out), "init": str(init) if init else None,
+                  "workdir": str(workdir) if workdir else None, "metrics": str(metrics)},
+    }
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=gpu,
+                                               resources_per_worker=worker_resources(scaling, gpu)),
+        run_config=ray.train.RunConfig(name=f"{stage}-{rate}", storage_path=str(storage),
+                                       failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures)),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise _user_error(exc) or exc
+    return json.loads(metrics.read_text())
+
+
+def _user_error(exc: Exception) -> PdcError | None:
+    """The first worker's :class:`PdcError` inside Ray Train's failure (so callers see the real message)."""
+    for failure in getattr(exc, "worker_failures", {}).values():
+        for candidate in (failure, getattr(failure, "cause", None), getattr(failure, "__cause__", None)):
+            if isinstance(candidate, PdcError):
+                return candidate
+    return None
