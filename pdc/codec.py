@@ -40,6 +40,10 @@ def _multiple(model: CorrDiffModel) -> int:
     return CODEC_MULTIPLE * m // math.gcd(CODEC_MULTIPLE, m)
 
 
+def _device(model: CorrDiffModel) -> torch.device:
+    return next(model.parameters()).device
+
+
 def step_tables(model: CorrDiffModel, steps: int) -> torch.Tensor:
     """Probability tables of the coded steps: fitted ones when K matches the fit, else uniform."""
     coded = correctable_steps(model.config.correction, steps)
@@ -63,8 +67,9 @@ def compress(
     seed: int = 0,
     gamma: float | None = None,
 ) -> Encoded:
-    """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1])."""
-    x = _as_tensor(image).float()
+    """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1]) on the model's device;
+    the reconstruction comes back on the CPU."""
+    x = _as_tensor(image).float().to(_device(model))
     h, w = x.shape[-2:]
     steps = model.config.diffusion.steps if steps is None else steps
     if not mode.uses_diffusion:
@@ -93,12 +98,13 @@ def compress(
         recon, levels, stars = res.image, res.levels, res.lambda_star
     stream = Stream(mode, model.hash_bytes, w, h, seed, steps, sections)
     lam = len(sections.get(Section.LAMBDA, b""))
-    return Encoded(stream.to_bytes(), recon[..., :h, :w].clamp(0, 1), levels, stars, lam)
+    return Encoded(stream.to_bytes(), recon[..., :h, :w].clamp(0, 1).cpu(), levels, stars, lam)
 
 
 @torch.no_grad()
 def decompress(model: CorrDiffModel, data: bytes, *, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
-    """Decode a v1 stream written for ``model``; returns (1, 3, H, W) in [0, 1].
+    """Decode a v1 stream written for ``model`` on the model's device; returns (1, 3, H, W) in [0, 1] on
+    the CPU.
 
     ``max_pixels`` bounds the work a stream can ask for (the format allows up to 64 MP); lower it when
     decoding untrusted input on a small machine.
@@ -132,4 +138,4 @@ def decompress(model: CorrDiffModel, data: bytes, *, max_pixels: int = MAX_PIXEL
             model.diffusion, model.scheduler, y_hat, x_base, steps=stream.steps, seed=stream.seed,
             correction=model.config.correction, residual_scale=dcfg.residual_scale, x_e=x_e, levels=levels,
         ).image
-    return recon[..., : stream.height, : stream.width].clamp(0, 1)
+    return recon[..., : stream.height, : stream.width].clamp(0, 1).cpu()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pdc.config import Params
+from pdc.devices import resolve_device
 from pdc.distributed import SINGLE, Dist
 from pdc.errors import ConfigError
 from pdc.fsutil import atomic_write_bytes
@@ -162,17 +163,6 @@ def run_stage(
         result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
         write_metrics(metrics, result)
     return result
-
-
-def resolve_device(name: str) -> str:
-    """"auto" → cuda when available; an explicit "cuda" without a GPU is a configuration error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("profile asks for device: cuda, but no CUDA GPU is available (use device: auto)")
-    return name
 
 
 def _crop_images(data: Path | str, crop: int, count: int):

@@ -27,6 +27,8 @@ MAX_STREAM_BYTES = 256 * 1024 * 1024
 
 
 RateOpt = Annotated[int, typer.Option(help="Rate point to use when --model is a model set (0 = lowest λ_rd).", min=0)]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda. A stream decodes on the same "
+                                             "device class that wrote it (see README, Devices).")]
 
 
 def model_path(spec: str) -> Path:
@@ -41,11 +43,13 @@ def model_path(spec: str) -> Path:
     return path
 
 
-def load_model(spec: str, rate: int = 0):
-    """One rate point of a model package or model set, from a path or an MLflow URI."""
+def load_model(spec: str, rate: int = 0, device: str = "cpu"):
+    """One rate point of a model package or model set, from a path or an MLflow URI, on ``device``
+    (auto, cpu or cuda)."""
+    from pdc.devices import resolve_device
     from pdc.models.package import load_rate_point
 
-    return load_rate_point(model_path(spec), rate)
+    return load_rate_point(model_path(spec), rate).to(resolve_device(device))
 
 
 def _mode(name: str):
@@ -67,6 +71,7 @@ def compress(
     gamma: GammaOpt = None,
     rate: RateOpt = 0,
     recon: Annotated[Path | None, typer.Option(help="Also write the reconstruction the decoder will produce.")] = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Compress one image into a versioned .pdc stream."""
     from pdc.codec import compress as run
@@ -75,7 +80,7 @@ def compress(
     from pdc.metrics import bpp
 
     img = read_image(image)
-    enc = run(load_model(model, rate), img, mode=_mode(mode), steps=steps, seed=seed, gamma=gamma)
+    enc = run(load_model(model, rate, device), img, mode=_mode(mode), steps=steps, seed=seed, gamma=gamma)
     atomic_write_bytes(output, enc.data)
     if recon is not None:
         write_image(recon, enc.reconstruction)
@@ -88,6 +93,7 @@ def decompress(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output PNG.")],
     model: ModelOpt,
     rate: RateOpt = 0,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Decode a .pdc stream to PNG (the model must be the one that wrote it)."""
     from pdc.codec import decompress as run
@@ -99,7 +105,7 @@ def decompress(
     if size > MAX_STREAM_BYTES:
         raise BitstreamError(f"{stream}: {size} bytes is larger than any valid stream")
     try:
-        image = run(load_model(model, rate), stream.read_bytes())
+        image = run(load_model(model, rate, device), stream.read_bytes())
     except BitstreamError as exc:
         raise BitstreamError(f"{stream}: {exc}") from None
     write_image(output, image)
@@ -123,6 +129,7 @@ def evaluate(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the full results as JSON here.")] = None,
     lpips: Annotated[bool, typer.Option(help="Compute LPIPS (alex and VGG).")] = True,
     rate: RateOpt = 0,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Mean bpp, PSNR, MS-SSIM, LPIPS of each mode of one rate point on a folder: a view of `pdc evaluate`
     (same code, no classic codecs, no FID), as a table and JSON (per-image rows included)."""
@@ -145,7 +152,7 @@ def evaluate(
         summary = evaluate_model_set(
             members[rate], images, Path(tmp) / "eval", limit=limit, crop=crop, steps=steps,
             gammas=(gamma,) if gamma is not None else (), classic=[], with_lpips=lpips,
-            systems=[k for k in keys if k != "e2e-noise"],
+            systems=[k for k in keys if k != "e2e-noise"], device=device,
         )
     if output is not None:
         atomic_write_bytes(output, (json.dumps(summary, indent=2) + "\n").encode())

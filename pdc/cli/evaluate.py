@@ -136,6 +136,8 @@ def evaluate(
         bool, typer.Option("--no-decode", help="Score the encoder's simulation instead of decoding each written "
                                               "stream (identical by construction, half the sampling time).")
     ] = False,
+    device: Annotated[str, typer.Option(help="Device of the learned codecs: auto (CUDA when present), cpu or cuda. "
+                                             "Metrics are computed on the CPU.")] = "auto",
 ) -> None:
     """RD(P) curves of every rate point vs diffusion-only, e2e, g_s, JPEG/WebP/AVIF; JSON, CSV, plots, BD-rate."""
     from pdc.cli.codec import model_path
@@ -158,6 +160,7 @@ def evaluate(
         model_path(model), images, out, fid_images=fid_dir, limit=limit, crop=crop, steps=steps, gammas=gamma_values,
         progress=True, with_lpips=not no_lpips, fid_limit=fid_limit, seed=seed, decode=not no_decode,
         systems=_names(systems), classic=None if classic is None else _classic(classic), training_data=training_data,
+        device=device,
     )
     print_table(summary)
     typer.echo(f"wrote {len(summary['files'])} files to {summary['out']} (streams in {summary['streams_dir']})")

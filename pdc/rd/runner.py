@@ -280,6 +280,7 @@ def evaluate_model_set(
     systems: Sequence[str] | None = None,
     on_point: Callable[[Point], None] | None = None,
     training_data: Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate every rate point of ``model_dir`` (a package or a model set) against the baselines.
 
@@ -305,6 +306,7 @@ def evaluate_model_set(
     Returns the summary (also written as ``summary.json``) with ``files`` (alias ``outputs``): every
     output file except the coded streams, whose folder is ``streams_dir``.
     """
+    from pdc.devices import resolve_device
     from pdc.models.package import load_package, rate_packages, read_metadata
 
     t_start = time.perf_counter()
@@ -401,7 +403,7 @@ def evaluate_model_set(
 
         for r, member in enumerate(members):
             meta = read_metadata(member)
-            model = load_package(member)
+            model = load_package(member).to(resolve_device(device))
             rp = RatePoint.from_meta(meta.get("rate_point"))
             label = rp.name if rp is not None and rp.name else f"r{r}"
             rate_info.append({"label": label, "package": str(member), "hash": meta["hash"],

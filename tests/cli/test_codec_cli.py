@@ -75,3 +75,18 @@ def test_foreign_file_and_missing_model(tmp_path, model_dir, image):
                     "no such model package")
     _one_line_error(run_pdc("compress", str(image), "-o", str(tmp_path / "a.pdc"), "--model", str(model_dir),
                             "--mode", "jpeg"), "unknown mode")
+
+
+def test_device_option_round_trips_on_cpu_and_refuses_a_missing_gpu(tmp_path, model_dir, image):
+    import torch
+
+    stream, out = tmp_path / "d.pdc", tmp_path / "d.png"
+    r = run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_dir), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = run_pdc("decompress", str(stream), "-o", str(out), "--model", str(model_dir), "--device", "auto")
+    assert r.returncode == 0, r.stderr
+    if not torch.cuda.is_available():
+        _one_line_error(run_pdc("decompress", str(stream), "-o", str(out), "--model", str(model_dir),
+                                "--device", "cuda"), "no CUDA GPU is available")
+    _one_line_error(run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_dir), "--device", "tpu"),
+                    "unknown device 'tpu'")

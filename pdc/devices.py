@@ -1,0 +1,26 @@
+"""Which torch device a command runs on: ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+
+What holds across devices (README, "Devices"): a stream decodes on the same device class that wrote
+it; the entropy coder's scale indexes come from floating-point network outputs, so CPU and GPU may
+round a borderline value differently, and the decoder would then read other symbols. The initial
+diffusion noise is drawn on the CPU from the stream's seed, so it is the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pdc.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """"auto" → cuda when available; an explicit "cuda" without a GPU is a configuration error."""
+    import torch
+
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r} (auto, cpu or cuda)")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} was asked for, but no CUDA GPU is available (use auto or cpu)")
+    return name
