@@ -111,20 +111,32 @@ def random_crops(image: torch.Tensor, crop: int, batch: int, seed: int = 0) -> I
         yield torch.cat([image[..., t : t + crop, l : l + crop] for t, l in zip(tops, lefts)])
 
 
-def bench_training(model, image: torch.Tensor, n_steps: int, batch: int, crop: int, device: torch.device) -> dict:
-    """Steps/s of each network stage; the first step (warm-up) is excluded via the per-step log hook."""
+def bench_training(model, image: torch.Tensor, n_steps: int, batch: int, crop: int, device: torch.device,
+                   configs: dict[str, StageTrainConfig] | None = None) -> dict:
+    """Steps/s of each network stage; the first step (warm-up) is excluded via the per-step log hook.
+
+    ``configs`` (stage → its training config, e.g. a profile's, with ``precision``) replaces the common
+    ``batch``/``crop`` config; only their ``steps`` is set here (``n_steps`` + 1). On CUDA the peak
+    memory of each stage is reported too.
+    """
     from pdc.train import train_codec, train_diffusion, train_privileged_decoder
 
     os.environ.setdefault("PDC_NO_PROGRESS", "1")
-    cfg = StageTrainConfig(steps=n_steps + 1, batch_size=batch, crop=max(64, crop), lr=1e-4,
-                           checkpoint_every=10**9)
+    common = StageTrainConfig(steps=n_steps + 1, batch_size=batch, crop=max(64, crop), lr=1e-4,
+                              checkpoint_every=10**9)
+    cfgs = {name: (configs or {}).get(name, common).model_copy(update={"steps": n_steps + 1,
+                                                                        "checkpoint_every": 10**9})
+            for name in ("codec", "diffusion", "privileged")}
     stages = {
-        "codec": lambda b, log: train_codec(model, 0.0067, b, cfg, None, log),
-        "diffusion": lambda b, log: train_diffusion(model, b, cfg, None, log),
-        "privileged": lambda b, log: train_privileged_decoder(model, b, cfg, None, log),
+        "codec": lambda b, log: train_codec(model, 0.0067, b, cfgs["codec"], None, log),
+        "diffusion": lambda b, log: train_diffusion(model, b, cfgs["diffusion"], None, log),
+        "privileged": lambda b, log: train_privileged_decoder(model, b, cfgs["privileged"], None, log),
     }
     out = {}
     for name, run in stages.items():
+        cfg = cfgs[name]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         stamps: dict[int, float] = {}
 
         def log(_metric: str, _value: float, step: int) -> None:
@@ -132,12 +144,14 @@ def bench_training(model, image: torch.Tensor, n_steps: int, batch: int, crop: i
                 _sync(device)
                 stamps[step] = time.perf_counter()
 
-        run(random_crops(image, cfg.crop, batch), log)
+        run(random_crops(image, cfg.crop, cfg.batch_size), log)
         steps = sorted(stamps)
         dt = stamps[steps[-1]] - stamps[steps[0]]
         rate = (len(steps) - 1) / dt if dt > 0 else float("nan")
-        out[name] = {"steps_per_s": rate, "crops_per_s": rate * batch, "batch": batch, "crop": cfg.crop,
-                     "timed_steps": len(steps) - 1}
+        out[name] = {"steps_per_s": rate, "crops_per_s": rate * cfg.batch_size, "batch": cfg.batch_size,
+                     "crop": cfg.crop, "precision": cfg.precision, "timed_steps": len(steps) - 1}
+        if device.type == "cuda":
+            out[name]["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     model.eval()
     return out
 

@@ -3,8 +3,9 @@
     python -m flows.train [--params params.yaml] [--profile tiny] [--root .] [--no-eval]
 
 One Prefect task per stage and rate point (codec → diffusion → privileged → correction); the rate
-points' chains run concurrently, each task submitting its work to Ray (GPU when present) and retrying
-on transient failure — a retry resumes from the stage's checkpoint. Then the model set is collected,
+points' chains run concurrently, each task running its stage on Ray Train with the profile's
+``scaling`` (workers, GPUs asked of the cluster; see :mod:`pdc.scale`) and retrying on transient
+failure — a retry, like a Ray Train restart, resumes from the stage's checkpoint. Then the model set is collected,
 evaluated, logged to MLflow as one parent run with nested stage runs, registered, and promoted to
 ``champion`` if it beats the current one. The file layout is the same as ``dvc repro``'s.
 """

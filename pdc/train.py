@@ -178,6 +178,7 @@ def _run(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     accum, local_batch = cfg.grad_accum, cfg.batch_size // d.world
     step, last = start, {}
+    t_first = None  # end of the first step: throughput leaves out its warm-up
     for step in range(start + 1, cfg.steps + 1):
         lr = cfg.lr_at(step)
         for group in optimizers["main"].param_groups:
@@ -203,7 +204,12 @@ def _run(
             ema.update(modules[name])
         last = mean_metrics(sums, d, device)
         last["lr"] = lr
-        last["images_per_s"] = cfg.batch_size / max(time.perf_counter() - t_step, 1e-9)
+        now = time.perf_counter()
+        last["images_per_s"] = cfg.batch_size / max(now - t_step, 1e-9)
+        if t_first is None:
+            t_first, first_step = now, step
+        elif step > first_step:
+            last["steps_per_s"] = (step - first_step) / max(now - t_first, 1e-9)  # mean since the first step
         history.append(last["loss"])
         if log is not None and d.is_main:
             for k, v in last.items():
