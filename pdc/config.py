@@ -197,8 +197,8 @@ class ScalingConfig(_Strict):
     gpus_per_worker: float = Field(1.0, gt=0)
     #: DataLoader processes per worker; each reads its own part of the shards.
     loader_workers: int = Field(0, ge=0, le=64)
-    #: Ray Train's run folder (state, logs); null = ``<checkpoint folder>/ray``. On a multi-node cluster
-    #: it, the data and the checkpoint/model folders must be on storage every node sees.
+    #: Ray Train's run folder (state, logs); null = ``checkpoints/ray`` under the working directory. On a
+    #: multi-node cluster it, the data and the checkpoint/model folders must be on storage every node sees.
     storage_path: str | None = None
     #: Worker-group restarts after a worker or node failure; each restart resumes from the checkpoint.
     max_failures: int = Field(2, ge=0)
@@ -214,6 +214,9 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _batches_split_evenly(self) -> "Profile":
+        if self.train.codec.precision != "fp32":
+            raise ValueError("train.codec.precision must be fp32: the entropy models' likelihoods (the rate term) "
+                             "lose too much in bf16")
         n = self.scaling.num_workers
         for name in ("codec", "diffusion", "privileged"):
             cfg: StageTrainConfig = getattr(self.train, name)

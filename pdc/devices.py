@@ -24,3 +24,15 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name} was asked for, but no CUDA GPU is available (use auto or cpu)")
     return name
+
+
+def codec_device(name: str) -> str:
+    """:func:`resolve_device` for encoding/decoding: on CUDA also pins cuDNN to deterministic kernels, so
+    the decoder's network outputs (and the rANS indexes computed from them) repeat the encoder's exactly."""
+    device = resolve_device(name)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device

@@ -9,7 +9,8 @@ below is a no-op for a single process. The rules the stages follow::
     gradients        = DDP all-reduce (mean over workers) of the per-worker mean loss
                      = the gradient of the mean loss over B, as with one worker
     per-sample noise = drawn from (seed, step) for all B samples, each worker keeping its slice,
-                       so 2 workers × B/2 take the same step as 1 worker × B
+                       so on the same samples 2 workers × B/2 take the same step as 1 worker × B
+                       (diffusion, D_e; the codec's quantization noise is CompressAI's, per worker)
 """
 
 from __future__ import annotations
@@ -71,9 +72,23 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def no_sync(module: nn.Module, skip: bool):
+def no_sync(module: nn.Module | None, skip: bool):
     """DDP's ``no_sync`` (keep gradients local) for all but the last micro-batch of a step."""
     return module.no_sync() if skip and hasattr(module, "no_sync") else contextlib.nullcontext()
+
+
+def check_same_step(step: int, d: Dist, device: torch.device, message: str) -> None:
+    """Raise (on every worker alike, so none waits forever) unless all workers hold the same ``step``."""
+    if not d.active:
+        return
+    lo = torch.tensor([step], dtype=torch.int64, device=device)  # NCCL reduces only CUDA tensors
+    hi = lo.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if int(lo) != int(hi):
+        from pdc.errors import PdcError
+
+        raise PdcError(f"{message} (steps {int(lo)}…{int(hi)})")
 
 
 def average_grads(params: Iterable[nn.Parameter], d: Dist) -> None:

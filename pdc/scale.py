@@ -107,7 +107,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     d = Dist(ctx.get_world_rank(), ctx.get_world_size())
     torch.set_num_threads(max(1, int(config["threads"])))
-    params = with_num_workers(load_params(config["params"], config["profile"]), config["num_workers"])
+    params = Params.model_validate(config["params"])  # the driver's, validated: not re-read from disk
     device = str(ray.train.torch.get_device()) if config["use_gpu"] else "cpu"
     stage, rate = config["stage"], config["rate"]
     live = contextlib.nullcontext(None)
@@ -186,8 +186,9 @@ def run_stage_scaled(
     ensure_ray()
     gpu = wants_gpu(scaling, ray.cluster_resources())
     config = {
-        "stage": stage, "rate": rate, "params": str(Path(params_path).resolve()), "profile": params.profile,
-        "num_workers": scaling.num_workers, "use_gpu": gpu, "threads": scaling.cpus_per_worker, "live": live,
+        # The parameters travel with the job: a restart hours later (or a node without this checkout's
+        # params.yaml) trains with what the driver validated.
+        "stage": stage, "rate": rate, "params": params.model_dump(mode="json"), "use_gpu": gpu, "threads": scaling.cpus_per_worker, "live": live,
         "cwd": None if os.environ.get("RAY_ADDRESS") else os.getcwd(),
         "fault": os.environ.get("PDC_FAULT_INJECT"),
         "paths": {"data": str(data), "out": str(out), "init": str(init) if init else None,

@@ -14,9 +14,9 @@ raised) instead of starting over; a checkpoint of another identity is ignored (t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pdc.config import DiffusionTrainConfig, StageTrainConfig
-from pdc.distributed import SINGLE, Dist, average_grads, gather_objects, mean_metrics, no_sync, step_generator, wrap
+from pdc.distributed import (SINGLE, Dist, average_grads, check_same_step, gather_objects, mean_metrics, no_sync,
+                             step_generator, wrap)
 from pdc.fsutil import atomic_torch_save
 from pdc.metrics import psnr
 from pdc.models.codec import quantized_latent
@@ -54,15 +55,15 @@ def _progress(total: int, start: int, desc: str):
     return tqdm(total=total, initial=start, desc=desc, unit="step", disable=os.environ.get("PDC_NO_PROGRESS") == "1")
 
 
-#: Settings that say how long, how often or how the batch is split, not what is trained: a run that
-#: only raises ``steps`` (or changes ``grad_accum``) continues from its checkpoint.
-_NOT_IDENTITY = {"steps", "checkpoint_every", "grad_accum"}
+#: Settings that say how long, how often, how the batch is split or in which precision the forward runs,
+#: not what is trained: a run that only changes these continues from its checkpoint.
+_NOT_IDENTITY = {"steps", "checkpoint_every", "grad_accum", "precision"}
 
 
 def _fingerprint(*parts: object) -> str:
     """Identity of a training run: a checkpoint is resumed only by a run with the same one.
 
-    The parts are the configuration (minus ``steps``/``checkpoint_every``), the frozen inputs' hashes
+    The parts are the configuration (minus :data:`_NOT_IDENTITY`), the frozen inputs' hashes
     and the caller's ``identity`` (data and code versions, see :func:`pdc.stages.run_stage`).
     """
     import hashlib
@@ -142,7 +143,7 @@ def _run(
     fingerprint: str = "",
     ema_decay: float = 0.0,
     *,
-    ddp: nn.Module | None = None,
+    ddp: nn.Module | None = None,  # None on one worker
     clip: list[nn.Parameter] | None = None,
     after_step: Callable[[], dict[str, float]] | None = None,
     d: Dist = SINGLE,
@@ -169,12 +170,17 @@ def _run(
         for name, ema in emas.items():
             ema.load_state_dict(state["ema"][name])
         start, history = int(state["step"]), list(state["losses"])
+    elif state is not None and d.is_main:
+        print(f"{ckpt}: checkpoint of another run (configuration, data or code changed): training {stage} from step 0",
+              file=sys.stderr, flush=True)
+    device = next(next(iter(modules.values())).parameters()).device
+    check_same_step(start, d, device, f"{stage}: workers resumed from different checkpoints ({ckpt}); is it on storage "
+                              "every worker sees?")
     resumed_from = start
     torch.manual_seed(cfg.seed + start + 104_729 * d.rank)  # workers draw different model-internal noise
     for m in modules.values():
         m.train()
     bar = _progress(cfg.steps, start, stage) if d.is_main else None
-    device = next(next(iter(modules.values())).parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     accum, local_batch = cfg.grad_accum, cfg.batch_size // d.world
     step, last = start, {}
@@ -189,7 +195,7 @@ def _run(
         for m in range(accum):
             x = next(batches).to(device, non_blocking=True)
             ctx = StepContext(step, d.rank * local_batch + m * x.shape[0], cfg.batch_size)
-            with no_sync(ddp, m < accum - 1) if ddp is not None else contextlib.nullcontext():
+            with no_sync(ddp, m < accum - 1):
                 with autocast:
                     loss, metrics = loss_fn(x, ctx)
                 (loss.float() / accum).backward()
@@ -289,7 +295,9 @@ def train_codec(
 
 
 def _frozen_latents(model: CorrDiffModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
+    # fp32 even inside a bf16 step: ŷ must round exactly as the entropy coder will at test time.
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        x = x.float()
         y_hat = quantized_latent(model.codec, x)
         return y_hat, model.codec.g_s(y_hat).clamp(0, 1)
 

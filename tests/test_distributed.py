@@ -25,7 +25,7 @@ def _data() -> torch.Tensor:
     return torch.stack([img[:, 40 * k : 40 * k + CROP, 60 * k : 60 * k + CROP] for k in range(B)])
 
 
-def _train(stage: str, rank: int, world: int, accum: int, out: Path) -> None:
+def _train(stage: str, rank: int, world: int, accum: int, out: Path, workdir: Path | None = None) -> None:
     """One stage, ``steps`` optimisation steps on the fixed global batch, this rank's share of it."""
     from pdc.config import DiffusionTrainConfig, StageTrainConfig
     from pdc.distributed import Dist
@@ -54,15 +54,17 @@ def _train(stage: str, rank: int, world: int, accum: int, out: Path) -> None:
         res = train_diffusion(model, batches(), DiffusionTrainConfig(**common, snr_clip=5.0), d=d)
         part = model.diffusion
     else:
-        res = train_privileged_decoder(model, batches(), StageTrainConfig(**common), d=d)
+        res = train_privileged_decoder(model, batches(), StageTrainConfig(**common), workdir, d=d)
         part = model.privileged
     torch.save({"state": part.state_dict(), "history": res.history}, out / f"{stage}-w{world}-a{accum}-r{rank}.pt")
 
 
-def _worker(rank: int, world: int, init_file: str, stage: str, accum: int, out: str) -> None:
+def _worker(rank: int, world: int, init_file: str, stage: str, accum: int, out: str, workdirs=None) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        _train(stage, rank, world, accum, Path(out))
+        _train(stage, rank, world, accum, Path(out), Path(workdirs[rank]) if workdirs else None)
+    except Exception as exc:  # reported to the test through a file: mp.spawn only says "process failed"
+        (Path(out) / f"error-r{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
     finally:
         dist.destroy_process_group()
 
@@ -114,6 +116,18 @@ def test_codec_workers_stay_in_sync_including_the_aux_quantiles(tmp_path):
     assert two[0]["history"] == two[1]["history"]
 
 
+def test_workers_that_find_different_checkpoints_stop_instead_of_training_apart(tmp_path):
+    """Storage that is not shared: rank 0 sees a checkpoint at step 2, rank 1 none. Both must stop with
+    the same error (a rank that raised alone would leave the other waiting in a collective)."""
+    _train("privileged", 0, 1, 1, tmp_path, tmp_path / "a")  # 2 steps, checkpoint at step 2 in a/
+    init = tmp_path / "init-mismatch"
+    mp.spawn(_worker, args=(2, str(init), "privileged", 1, str(tmp_path), [str(tmp_path / "a"), str(tmp_path / "b")]),
+             nprocs=2, join=True)
+    for rank in (0, 1):
+        err = (tmp_path / f"error-r{rank}.txt").read_text()
+        assert "PdcError" in err and "workers resumed from different checkpoints" in err, err
+
+
 def test_a_batch_that_does_not_split_over_the_workers_is_refused():
     from pdc.config import parse_profile
     from pdc.errors import ConfigError
@@ -122,6 +136,27 @@ def test_a_batch_that_does_not_split_over_the_workers_is_refused():
         parse_profile({"scaling": {"num_workers": 4}, "train": {"codec": {"batch_size": 6}}})
     with pytest.raises(ConfigError, match="grad_accum"):
         parse_profile({"train": {"diffusion": {"batch_size": 4, "grad_accum": 3}}})
+    with pytest.raises(ConfigError, match="codec.precision must be fp32"):
+        parse_profile({"train": {"codec": {"precision": "bf16"}}})
+
+
+def test_a_bf16_step_keeps_the_frozen_latent_exact():
+    """Under bf16 autocast the UNet runs in bf16, but ŷ is the fp32 latent the entropy coder will send."""
+    from pdc.config import DiffusionTrainConfig
+    from pdc.models.codec import quantized_latent
+    from pdc.models.package import init_model
+    from pdc.train import _frozen_latents, train_diffusion
+    from tests.models.conftest import micro_config
+
+    model = init_model(micro_config(), seed=0)
+    x = _data()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_hat, x_base = _frozen_latents(model, x)
+    with torch.no_grad():
+        assert y_hat.dtype == torch.float32 and torch.equal(y_hat, quantized_latent(model.codec, x))
+    cfg = DiffusionTrainConfig(steps=2, batch_size=B, crop=CROP, precision="bf16")
+    res = train_diffusion(model, iter([x, x]), cfg)
+    assert all(torch.isfinite(torch.tensor(res.history)))
 
 
 @pytest.fixture(autouse=True)

@@ -46,10 +46,10 @@ def model_path(spec: str) -> Path:
 def load_model(spec: str, rate: int = 0, device: str = "cpu"):
     """One rate point of a model package or model set, from a path or an MLflow URI, on ``device``
     (auto, cpu or cuda)."""
-    from pdc.devices import resolve_device
+    from pdc.devices import codec_device
     from pdc.models.package import load_rate_point
 
-    return load_rate_point(model_path(spec), rate).to(resolve_device(device))
+    return load_rate_point(model_path(spec), rate).to(codec_device(device))
 
 
 def _mode(name: str):

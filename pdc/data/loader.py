@@ -153,17 +153,20 @@ class _ShardCrops(_Batches):
     def _images(self, slot: int, slots: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
-        offsets = np.cumsum([0] + [int(e.get("samples", 0)) for e in self.shards])
+        offsets = np.cumsum([0] + [int(e["samples"]) for e in self.shards])
         by_shard = len(self.shards) >= slots
         mine = list(range(slot, len(self.shards), slots)) if by_shard else list(range(len(self.shards)))
         while True:
             k = mine[int(rng.integers(0, len(mine)))]
             name = self.shards[k]["name"]
-            with self.location.open(name) as stream:
-                samples = group_by_keys(tar_file_expander([{"url": self.location.url(name), "stream": stream}]))
-                for j, sample in enumerate(samples):
-                    if "png" in sample and (by_shard or (offsets[k] + j) % slots == slot):
-                        yield decode_png_bytes(sample["png"])
+            try:
+                with self.location.open(name) as stream:
+                    samples = group_by_keys(tar_file_expander([{"url": self.location.url(name), "stream": stream}]))
+                    for j, sample in enumerate(samples):
+                        if "png" in sample and (by_shard or (offsets[k] + j) % slots == slot):
+                            yield decode_png_bytes(sample["png"])
+            except (OSError, ValueError) as exc:  # a failed pipe: command, a truncated or foreign tar
+                raise DataError(f"{self.location.url(name)}: cannot read shard ({exc})") from None
 
 
 class BatchStream:
@@ -229,12 +232,14 @@ def make_loader(
         )
         if not entries:
             raise DataError(f"{source}: the {split} split has no shards")
+        if any("samples" not in e for e in entries):
+            raise DataError(f"{source}: {MANIFEST} lists shards without sample counts (rebuild with `pdc data shards`)")
         if not is_url(source):
             missing = [e["name"] for e in entries if not (Path(source) / e["name"]).is_file()]
             if missing:
                 raise DataError(f"{source}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
         dataset: _Batches = _ShardCrops(location, entries, *common)
-        kind, images = "shards", sum(int(e.get("samples", 1)) for e in entries)
+        kind, images = "shards", sum(int(e["samples"]) for e in entries)
     else:
         source = Path(source)
         files = list_images(source)

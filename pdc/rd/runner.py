@@ -306,7 +306,7 @@ def evaluate_model_set(
     Returns the summary (also written as ``summary.json``) with ``files`` (alias ``outputs``): every
     output file except the coded streams, whose folder is ``streams_dir``.
     """
-    from pdc.devices import resolve_device
+    from pdc.devices import codec_device
     from pdc.models.package import load_package, rate_packages, read_metadata
 
     t_start = time.perf_counter()
@@ -403,7 +403,7 @@ def evaluate_model_set(
 
         for r, member in enumerate(members):
             meta = read_metadata(member)
-            model = load_package(member).to(resolve_device(device))
+            model = load_package(member).to(codec_device(device))
             rp = RatePoint.from_meta(meta.get("rate_point"))
             label = rp.name if rp is not None and rp.name else f"r{r}"
             rate_info.append({"label": label, "package": str(member), "hash": meta["hash"],

@@ -154,3 +154,5 @@ def test_a_bad_shard_url_names_itself(tmp_path):
         make_loader((tmp_path / "nowhere").as_uri(), 16, 2)
     with pytest.raises(DataError, match=r"\{name\} placeholder"):
         make_loader("pipe:cat /tmp/x", 16, 2)
+    with pytest.raises(DataError, match=r"pipe:cat .*nowhere/manifest.json"):
+        make_loader(f"pipe:cat {tmp_path}/nowhere/{{name}}", 16, 2)
