@@ -143,7 +143,7 @@ def _run(
     fingerprint: str = "",
     ema_decay: float = 0.0,
     *,
-    ddp: nn.Module | None = None,  # None on one worker
+    ddp: nn.Module | None = None,  # the DDP wrapper (or the plain module on one worker)
     clip: list[nn.Parameter] | None = None,
     after_step: Callable[[], dict[str, float]] | None = None,
     d: Dist = SINGLE,
@@ -288,7 +288,7 @@ def train_codec(
 
     fp = _fingerprint(model.config.codec, cfg, lmbda, identity)
     result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, loss_fn, batches, cfg, workdir, log, fp,
-                  ddp=forward if d.active else None, clip=main_params, after_step=aux_step, d=d)
+                  ddp=forward, clip=main_params, after_step=aux_step, d=d)
     codec.update(force=True)
     model.invalidate_hash()
     return result
@@ -370,7 +370,7 @@ def train_diffusion(
 
     fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec), identity)
     result = _run("diffusion", {"diffusion": net}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
-                  ema_decay=cfg.ema_decay, ddp=forward if d.active else None, clip=list(net.parameters()), d=d)
+                  ema_decay=cfg.ema_decay, ddp=forward, clip=list(net.parameters()), d=d)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
@@ -400,7 +400,7 @@ def train_privileged_decoder(
 
     fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec), identity)
     result = _run("privileged", {"privileged": de}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
-                  ddp=forward if d.active else None, d=d)
+                  ddp=forward, d=d)
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
