@@ -1,8 +1,8 @@
 """Data-parallel training helpers on plain ``torch.distributed`` (no launcher imports here).
 
 Whoever starts the processes (Ray Train in :mod:`pdc.scale`, ``torchrun``, a test's ``mp.spawn``)
-initialises the process group; :func:`current` then tells the training code its rank, and everything
-below is a no-op for a single process. The rules the stages follow::
+initialises the process group and passes each process its :class:`Dist`; everything below is a no-op
+for a single process. The rules the stages follow::
 
     global batch B  = cfg.batch_size            (one optimisation step, whatever the worker count)
     worker r         = samples [r·B/W, (r+1)·B/W) of it, in grad_accum micro-batches
@@ -16,7 +16,7 @@ below is a no-op for a single process. The rules the stages follow::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -39,14 +39,7 @@ class Dist(NamedTuple):
         return self.world > 1
 
 
-SINGLE = Dist()
-
-
-def current() -> Dist:
-    """This process's rank and the group size (``Dist(0, 1)`` without an initialised process group)."""
-    if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size())
-    return SINGLE
+SINGLE = Dist()  # one process, no group
 
 
 def wrap(module: nn.Module, d: Dist, ignore: Iterable[str] = ()) -> nn.Module:
@@ -66,10 +59,6 @@ def wrap(module: nn.Module, d: Dist, ignore: Iterable[str] = ()) -> nn.Module:
         DDP._set_params_and_buffers_to_ignore_for_model(module, names)
     device = next(module.parameters()).device
     return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return getattr(module, "module", module)
 
 
 def no_sync(module: nn.Module | None, skip: bool):
@@ -120,19 +109,8 @@ def gather_objects(items: list, d: Dist) -> list:
     return [x for part in out for x in (part or [])]
 
 
-def barrier(d: Dist) -> None:
-    if d.active:
-        dist.barrier()
-
-
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     """The random stream of optimisation step ``step``: the same on every worker."""
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
     return g
-
-
-def micro_batches(batches: Iterator[torch.Tensor], accum: int) -> Iterator[list[torch.Tensor]]:
-    """Group a stream of micro-batches into lists of ``accum`` (one optimisation step each)."""
-    while True:
-        yield [next(batches) for _ in range(accum)]

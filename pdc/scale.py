@@ -188,7 +188,8 @@ def run_stage_scaled(
     config = {
         # The parameters travel with the job: a restart hours later (or a node without this checkout's
         # params.yaml) trains with what the driver validated.
-        "stage": stage, "rate": rate, "params": params.model_dump(mode="json"), "use_gpu": gpu, "threads": scaling.cpus_per_worker, "live": live,
+        "stage": stage, "rate": rate, "params": params.model_dump(mode="json"),
+        "use_gpu": gpu, "threads": scaling.cpus_per_worker, "live": live,
         "cwd": None if os.environ.get("RAY_ADDRESS") else os.getcwd(),
         "fault": os.environ.get("PDC_FAULT_INJECT"),
         "paths": {"data": str(data), "out": str(out), "init": str(init) if init else None,

@@ -190,8 +190,12 @@ def read_manifest(folder: Path) -> dict:
         raise DataError(f"{folder}: no {MANIFEST} (not a shards folder; build one with `pdc data shards`)") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    return _checked_manifest(manifest, str(path))
+
+
+def _checked_manifest(manifest: object, where: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: unknown manifest format (expected {FORMAT})")
+        raise DataError(f"{where}: unknown manifest format (expected {FORMAT})")
     return manifest
 
 
@@ -303,9 +307,7 @@ class ShardLocation:
                 manifest = json.loads(f.read())
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.url(MANIFEST)}: unreadable manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise DataError(f"{self.url(MANIFEST)}: not a shards manifest (expected format {FORMAT})")
-        return manifest
+        return _checked_manifest(manifest, self.url(MANIFEST))
 
     @property
     def is_shards(self) -> bool:
