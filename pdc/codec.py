@@ -57,6 +57,21 @@ def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     return image if image.dim() == 4 else image.unsqueeze(0)
 
 
+class CodedLatent(NamedTuple):
+    padded: torch.Tensor  # the image padded to the model's multiple (what the sampler targets)
+    z_strings: bytes
+    y_strings: bytes
+    y_hat: torch.Tensor  # decoded back from the strings, exactly as the decoder will see it
+
+
+@torch.no_grad()
+def code_latent(model: CorrDiffModel, x: torch.Tensor) -> CodedLatent:
+    """Pad a (1, 3, H, W) image, entropy-code its latent and decode ŷ back (the encoder's first half)."""
+    xp = pad_to_multiple(x, _multiple(model))
+    z_str, y_str = encode_latent(model.codec, xp)
+    return CodedLatent(xp, z_str, y_str, decode_latent(model.codec, z_str, y_str, latent_shape(*xp.shape[-2:])))
+
+
 @torch.no_grad()
 def compress(
     model: CorrDiffModel,
@@ -74,9 +89,7 @@ def compress(
     steps = model.config.diffusion.steps if steps is None else steps
     if not mode.uses_diffusion:
         steps = 0
-    xp = pad_to_multiple(x, _multiple(model))
-    z_str, y_str = encode_latent(model.codec, xp)
-    y_hat = decode_latent(model.codec, z_str, y_str, latent_shape(xp.shape[-2], xp.shape[-1]))
+    xp, z_str, y_str, y_hat = code_latent(model, x)
     sections = {Section.Z: z_str, Section.Y: y_str}
     levels: list[int] = []
     stars: list[float] = []

@@ -98,6 +98,9 @@ class CorrectionConfig(_Strict):
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     #: Steps (counted from the first sampling step, 0-based) allowed to carry a λ; None = all.
     correct_steps: tuple[int, ...] | None = None
+    #: λ pulls only the band below a Gaussian low-pass of this σ (pixels) towards x_e; finer detail stays
+    #: the diffusion's. 0 = the whole estimate (the paper's correction).
+    lowpass_sigma: float = Field(0.0, ge=0.0, le=32.0)
 
 
 class ModelConfig(_Strict):

@@ -44,18 +44,21 @@ class TrainStage:
     code: tuple[str, ...]
     #: Keys of the active profile's ``train`` section it reads.
     train_params: tuple[str, ...]
+    #: Keys of the active profile's ``model`` section it reads (later stages inherit the rest through
+    #: the package they start from).
+    model_params: tuple[str, ...]
     help: str
 
 
 TRAIN_STAGES: tuple[TrainStage, ...] = (
-    TrainStage("codec", None, True, _TRAIN_CODE, ("codec",),
+    TrainStage("codec", None, True, _TRAIN_CODE, ("codec",), ("codec", "diffusion", "privileged"),
                "Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point."),
-    TrainStage("diffusion", "codec", True, _TRAIN_CODE + ("pdc/metrics/perceptual.py", "pdc/weights.py"), ("diffusion",),
+    TrainStage("diffusion", "codec", True, _TRAIN_CODE + ("pdc/metrics/perceptual.py", "pdc/weights.py"), ("diffusion",), (),
                "Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."),
-    TrainStage("privileged", "diffusion", True, _TRAIN_CODE, ("privileged",),
+    TrainStage("privileged", "diffusion", True, _TRAIN_CODE, ("privileged",), (),
                "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ."),
     TrainStage("correction", "privileged", False, _TRAIN_CODE + ("pdc/metrics",),
-               ("correction_images", "correction_crop"),
+               ("correction_images", "correction_crop"), ("correction",),
                "Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured quality."),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in TRAIN_STAGES)
@@ -262,7 +265,8 @@ def dvc_stages() -> dict[str, Any]:
         do: dict = {
             "cmd": f"pdc train {s.name} -r {r}",
             "deps": [rel(lay.shards_dir), *([rel(init)] if init else []), *s.code],
-            "params": (["profile", f"rate_points.{r}", "profiles.${profile}.model"] if s.init is None else [])
+            "params": (["profile", f"rate_points.{r}"] if s.init is None else [])
+            + [f"profiles.${{profile}}.model.{k}" for k in s.model_params]
             + [f"profiles.${{profile}}.train.{k}" for k in s.train_params],
             "outs": [rel(lay.package(r, s.name))]
             + ([{rel(lay.checkpoints(r, s.name)): {"persist": True, "cache": False}}] if s.checkpoints else []),

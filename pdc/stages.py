@@ -150,6 +150,8 @@ def run_stage(
         if stage == "correction":
             t = prof.train
             loader = iter(_crop_images(data, t.correction_crop, t.correction_images))
+            # the correction knobs are this stage's (the package carries the codec stage's copy)
+            model = model.with_correction(**prof.model.correction.model_dump(exclude={"eps_mode"}))
             fit = T.fit_correction(model, list(loader), log=log, d=d)
             model = T.apply_correction_fit(model, fit)
             result = {"stage": stage, "eps_mode": fit.eps_mode, **fit.report}

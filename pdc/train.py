@@ -498,11 +498,4 @@ def fit_correction(
 
 def apply_correction_fit(model: CorrDiffModel, fit: CorrectionFit) -> CorrDiffModel:
     """A new model with the fitted tables and ε̃ variant (the config change changes the hash)."""
-    cfg = model.config.model_copy(
-        update={"correction": model.config.correction.model_copy(update={"eps_mode": fit.eps_mode})}
-    )
-    new = CorrDiffModel(cfg, tables=fit.tables)
-    for part in ("codec", "diffusion", "privileged"):
-        getattr(new, part).load_state_dict(getattr(model, part).state_dict())
-    new.codec.update(force=True)
-    return new.eval()
+    return model.with_correction(tables=fit.tables, eps_mode=fit.eps_mode)

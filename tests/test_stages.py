@@ -142,3 +142,25 @@ def test_a_rate_point_is_one_typed_thing_from_params_to_evaluation(tmp_path):
     assert RatePoint.from_meta(meta["rate_point"]) == params.rate_point("r1") == RatePoint("r1", 0.01)
     index = write_model_set(tmp_path / "set", [tmp_path / "pkg"])
     assert index["packages"][0]["name"] == "r1" and index["packages"][0]["rate_point"]["lambda_rd"] == 0.01
+
+
+def test_correction_stage_applies_the_profiles_correction_knobs(tmp_path):
+    """The correction knobs belong to the correction stage (DVC lists them there): changing them in
+    params.yaml needs a new fit only, and the fitted package carries them, not the codec stage's copy."""
+    import yaml
+
+    from pdc.config import load_params
+    from pdc.models.package import load_package
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    path = write_micro_params(tmp_path)
+    run_stage("codec", load_params(path), "r0", data=data, out=tmp_path / "codec", workdir=tmp_path / "ck")
+    doc = yaml.safe_load(path.read_text())
+    doc["profiles"]["micro"]["model"]["correction"] = {"levels": 4, "lowpass_sigma": 1.5}
+    path.write_text(yaml.safe_dump(doc))
+    run_stage("correction", load_params(path), "r0", data=data, out=tmp_path / "fit", init=tmp_path / "codec")
+    fitted = load_package(tmp_path / "fit")
+    assert fitted.config.correction.lowpass_sigma == 1.5 and fitted.config.correction.levels == 4
+    assert tuple(fitted.tables.shape) == (fitted.config.diffusion.steps, 4)
+    assert load_package(tmp_path / "codec").config.correction.lowpass_sigma == 0.0

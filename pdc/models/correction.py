@@ -2,9 +2,14 @@
 
 At sampling step k the decoder has the diffusion estimate x̂0_k and the privileged reconstruction x_e.
 The encoder, which also knows the original x0, picks the weight that brings the corrected estimate
-x̃0_k = x̂0_k + λ (x_e − x̂0_k) closest to x0 in the least-squares sense::
+x̃0_k = x̂0_k + λ d_k closest to x0 in the least-squares sense::
 
-    λ*_k = clip(⟨x0 − x̂0_k, x_e − x̂0_k⟩ / ‖x_e − x̂0_k‖², 0, 1)
+    d_k  = L_σ(x_e − x̂0_k)                        # correction direction; L_σ = Gaussian low-pass, L_0 = identity
+    λ*_k = clip(⟨x0 − x̂0_k, d_k⟩ / ‖d_k‖², 0, 1)
+
+With σ = 0 this is the paper's correction (pull the whole estimate towards x_e). With σ > 0 only the
+band below the low-pass cut-off is pulled: x_e is faithful there, while the fine texture the MSE decoder
+blurs away stays the diffusion's, whatever λ is (see docs/method.md, "Band-limited correction").
 
 then sends level q_k = round(γ · λ*_k · (L − 1)) ∈ {0, …, L−1}; the decoder uses λ_k = q_k / (L − 1).
 Levels are coded with CompressAI's rANS coder under per-step probability tables fitted on training
@@ -13,7 +18,10 @@ images (:func:`fit_tables`), so a typical step costs one or two bits.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from compressai._CXX import pmf_to_quantized_cdf
 from compressai.ans import RansDecoder, RansEncoder
 
@@ -25,9 +33,36 @@ PRECISION = 16
 _TAIL = 1e-6
 
 
-def lambda_star(x0: torch.Tensor, x0_hat: torch.Tensor, x_e: torch.Tensor) -> float:
-    """Least-squares weight pulling ``x0_hat`` towards ``x_e`` to best approximate ``x0``, in [0, 1]."""
-    d = x_e - x0_hat
+def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (N, C, H, W) tensor with standard deviation ``sigma`` pixels.
+
+    Edges are mirrored (no dark border, no edge bias for texture); the kernel is cut at 3σ (and at the
+    image size). ``sigma == 0`` returns ``x`` itself.
+    """
+    if sigma <= 0:
+        return x
+    radius = max(1, min(math.ceil(3 * sigma), x.shape[-1] - 1, x.shape[-2] - 1))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(dtype=x.dtype, device=x.device)
+    c = x.shape[1]
+    out = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def correction_direction(x0_hat: torch.Tensor, x_e: torch.Tensor, sigma: float) -> torch.Tensor:
+    """d = L_σ(x_e − x̂0): the direction a correction moves the diffusion estimate in."""
+    return lowpass(x_e - x0_hat, sigma)
+
+
+def lambda_star(x0: torch.Tensor, x0_hat: torch.Tensor, direction: torch.Tensor) -> float:
+    """Least-squares weight λ ∈ [0, 1] so that ``x0_hat + λ·direction`` best approximates ``x0``.
+
+    With ``direction = x_e − x0_hat`` this pulls the whole estimate towards ``x_e`` (σ = 0).
+    """
+    d = direction
     # float32 products, float64 accumulation: no double-precision copies of full-size images
     denom = float(torch.sum(d * d, dtype=torch.float64))
     if denom <= 1e-12:

@@ -51,6 +51,17 @@ class CorrDiffModel(nn.Module):
         self.register_buffer("tables", tables if tables is not None else uniform_tables(steps, config.correction.levels))
         self._hash: str | None = None
 
+    def with_correction(self, tables: torch.Tensor | None = None, **update: object) -> "CorrDiffModel":
+        """A copy with ``config.correction`` updated (and new λ tables if given); same network weights."""
+        cfg = self.config.model_copy(update={"correction": self.config.correction.model_copy(update=update)})
+        if tables is None and cfg.correction.levels == self.config.correction.levels:
+            tables = self.tables.clone()
+        new = CorrDiffModel(cfg, tables=tables)  # no tables: uniform ones for the new level count
+        for part in PARTS:
+            getattr(new, part).load_state_dict(getattr(self, part).state_dict())
+        new.codec.update(force=True)
+        return new.eval()
+
     # -- identity -----------------------------------------------------------------------------------
     def state_parts(self) -> dict[str, dict[str, torch.Tensor]]:
         return {
@@ -87,9 +98,18 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+#: Config fields added after pdc-model/1 shipped, with the value that reproduces the earlier behaviour. At
+#: that value they are left out of the hash, so older packages keep their hash and their streams decode.
+_ADDED_LATER: dict[tuple[str, str], object] = {("correction", "lowpass_sigma"): 0.0}
+
+
 def content_hash(config: ModelConfig, parts: dict[str, dict[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    dump = config.model_dump(mode="json")
+    for (section, key), neutral in _ADDED_LATER.items():
+        if dump[section].get(key) == neutral:
+            del dump[section][key]
+    h.update(json.dumps(dump, sort_keys=True).encode())
     for part in sorted(parts):
         _update_digest(h, parts[part], f"{part}.")
     return h.hexdigest()

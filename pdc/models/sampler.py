@@ -7,8 +7,9 @@ All arithmetic happens in the diffusion's residual space r = s·(x − x_b) (see
     for k, t in enumerate(timesteps t_1 > … > t_K):      (trailing or power spacing, see step_times)
         (r̂0, ε̂) from the network output (ε-, v- or x0-parameterised; see split_prediction)
         r̂0  clipped so that x_b + r̂0/s ∈ [0, 1]
-        λ_k  = encoder: quantize(γ · λ*(r0, r̂0, r_e));  decoder: from the bitstream
-        r̃0  = r̂0 + λ_k (r_e − r̂0)
+        d_k  = L_σ(r_e − r̂0)                             (σ = lowpass_sigma; L_0 = identity)
+        λ_k  = encoder: quantize(γ · λ*(r0, r̂0, d_k));  decoder: from the bitstream
+        r̃0  = r̂0 + λ_k d_k
         ε̃   = ε̂ ("network")  or  (r_t − √ᾱ_t r̃0) / √(1−ᾱ_t) ("rederive")
         r_t' = √ᾱ_t' r̃0 + √(1−ᾱ_t') ε̃
     output x_b + r̃0/s of the last step
@@ -22,7 +23,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from pdc.config import CorrectionConfig, DiffusionConfig
-from pdc.models.correction import dequantize, lambda_star, quantize
+from pdc.models.correction import correction_direction, dequantize, lambda_star, quantize
 from pdc.models.diffusion import ConditionalDenoiser, split_prediction
 
 
@@ -113,8 +114,11 @@ def sample(
     for k, (t, a_t, a_prev) in enumerate(timesteps(scheduler, denoiser.cfg, steps)):
         r_hat, eps = split_prediction(kind, denoiser(r_t, t, y_hat, x_base), r_t, a_t)
         r_hat = torch.maximum(torch.minimum(r_hat, hi), lo)
-        if target is not None and k in allowed:
-            star = lambda_star(r0, r_hat, r_e)
+        coding = target is not None and k in allowed
+        direction = correction_direction(r_hat, r_e, correction.lowpass_sigma) if coding or (
+            levels is not None and levels[k]) else None
+        if coding:
+            star = lambda_star(r0, r_hat, direction)
             stars.append(star)
             q = quantize(gamma * star, n_levels)
         elif levels is not None:
@@ -123,7 +127,7 @@ def sample(
             q = 0
         used.append(q)
         lam = dequantize(q, n_levels)
-        r_tilde = r_hat + lam * (r_e - r_hat) if q else r_hat
+        r_tilde = r_hat + lam * direction if q else r_hat
         if correction.eps_mode == "rederive":
             eps = (r_t - a_t**0.5 * r_tilde) / (1 - a_t) ** 0.5
         r_t = a_prev**0.5 * r_tilde + (1 - a_prev) ** 0.5 * eps

@@ -11,7 +11,9 @@ from pdc.models.correction import (
     dequantize,
     encode_levels,
     fit_tables,
+    correction_direction,
     lambda_star,
+    lowpass,
     quantize,
     uniform_tables,
 )
@@ -21,7 +23,7 @@ def test_lambda_star_is_the_least_squares_minimiser():
     g = torch.Generator().manual_seed(0)
     x0, x_hat, x_e = (torch.rand(1, 3, 16, 16, generator=g) for _ in range(3))
     x0 = 0.7 * x_e + 0.3 * x_hat + 0.01 * torch.randn(x0.shape, generator=g)
-    lam = lambda_star(x0, x_hat, x_e)
+    lam = lambda_star(x0, x_hat, x_e - x_hat)
     grid = torch.linspace(0, 1, 1001)
     errs = torch.stack([((x_hat + a * (x_e - x_hat)) - x0).pow(2).sum() for a in grid])
     assert lam == pytest.approx(float(grid[errs.argmin()]), abs=1e-3)
@@ -30,9 +32,34 @@ def test_lambda_star_is_the_least_squares_minimiser():
 
 def test_lambda_star_is_clipped_and_safe():
     x = torch.zeros(1, 3, 4, 4)
-    assert lambda_star(x, x, x) == 0.0  # x_e == x̂0: no direction to move in
+    assert lambda_star(x, x, x - x) == 0.0  # x_e == x̂0: no direction to move in
     assert lambda_star(x + 2, x, x + 1) == 1.0  # optimum beyond x_e is clipped to 1
     assert lambda_star(x - 1, x, x + 1) == 0.0
+
+
+def test_lowpass_keeps_the_mean_and_removes_the_finest_texture():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 32, 48, generator=g)
+    assert torch.equal(lowpass(x, 0.0), x)  # σ = 0: the paper's whole-image correction
+    assert torch.allclose(lowpass(torch.full_like(x, 0.3), 2.0), torch.full_like(x, 0.3))  # flat stays flat
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1).float().expand(1, 3, 32, 48)  # the highest frequency there is
+    assert lowpass(checker, 1.0).abs().max() < 0.02
+    smooth = torch.sin(xx / 48 * 2 * torch.pi).float().expand(1, 3, 32, 48)  # one period across the image
+    assert (lowpass(smooth, 1.0) - smooth)[..., 8:-8].abs().max() < 0.01
+
+
+def test_band_limited_correction_keeps_the_diffusion_texture():
+    """x̂0 = coarse error + fine texture, x_e = faithful but textureless: σ > 0 fixes the coarse error and
+    leaves the texture; σ = 0 with λ = 1 replaces x̂0 by x_e, texture and all."""
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    texture = 0.1 * ((yy + xx) % 2 * 2 - 1).float().expand(1, 3, 64, 64)
+    x_e = 0.5 + 0.2 * torch.sin(xx / 64 * 2 * torch.pi).float().expand(1, 3, 64, 64)
+    x_hat = x_e + 0.1 + texture  # a brightness error plus texture x_e lacks
+    full = x_hat + correction_direction(x_hat, x_e, 0.0)
+    band = x_hat + correction_direction(x_hat, x_e, 2.0)
+    assert torch.allclose(full, x_e)
+    assert (band - (x_e + texture)).abs().max() < 0.01  # coarse error gone, texture kept
 
 
 def test_quantizer_levels():

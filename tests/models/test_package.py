@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 
 from pdc.errors import ModelPackageError
-from pdc.models.package import load_package, save_package
+from pdc.models.package import _update_digest, load_package, save_package
 
 
 def test_save_load_round_trip(micro_model, tmp_path):
@@ -23,6 +24,22 @@ def test_save_load_round_trip(micro_model, tmp_path):
 
 def test_hash_is_stable_across_saves(micro_model, tmp_path):
     assert save_package(micro_model, tmp_path / "a") == save_package(micro_model, tmp_path / "b")
+
+
+def test_config_fields_added_later_keep_older_hashes(micro_model):
+    """A package written before ``correction.lowpass_sigma`` existed hashed a config without it; at its
+    neutral value the field must not change the hash (old streams stay decodable), any other value must."""
+    from pdc.models.package import content_hash
+
+    cfg = micro_model.config
+    dump = cfg.model_dump(mode="json")
+    del dump["correction"]["lowpass_sigma"]
+    h = hashlib.sha256(json.dumps(dump, sort_keys=True).encode())
+    for part, state in sorted(micro_model.state_parts().items()):
+        _update_digest(h, state, f"{part}.")
+    assert content_hash(cfg, micro_model.state_parts()) == h.hexdigest()
+    moved = cfg.model_copy(update={"correction": cfg.correction.model_copy(update={"lowpass_sigma": 1.0})})
+    assert content_hash(moved, micro_model.state_parts()) != h.hexdigest()
 
 
 def test_modified_weights_are_detected(micro_model, tmp_path):
