@@ -64,13 +64,13 @@ def _rows_for_image(model: CorrDiffModel, x: torch.Tensor, sigmas: list[float], 
             cfg = model.config.correction.model_copy(update={"lowpass_sigma": sigma})
             enc = sample(model.diffusion, model.scheduler, y_hat, x_base, correction=cfg, x_e=x_e, target=xp,
                          gamma=1.0, **run)
-            score(f"σ = {sigma:g}: CorrDiff (encoder's λ*)", enc.image, lambda_star=enc.lambda_star)
-            score(f"σ = {sigma:g}: no bits (λ = 1 on coded steps)",
+            tag = f"σ = {sigma:g}"
+            score(f"{tag}: CorrDiff (encoder's λ*)", enc.image, lambda_star=enc.lambda_star)
+            score(f"{tag}: no bits (λ = 1 on coded steps)",
                   sample(model.diffusion, model.scheduler, y_hat, x_base, correction=cfg, x_e=x_e, levels=forced,
                          **run).image)
-            target = out[f"σ = {sigma:g}: CorrDiff (encoder's λ*)"]["psnr"]
-            score(f"σ = {sigma:g}: e2e + matched noise",
-                  match_noise(x_e[..., :h, :w], x, target, seed=noise_seed(seed, 0)).image)
+            target = out[f"{tag}: CorrDiff (encoder's λ*)"]["psnr"]
+            score(f"{tag}: e2e + matched noise", match_noise(x_e[..., :h, :w], x, target, seed=noise_seed(seed, 0)).image)
     return out
 
 

@@ -7,13 +7,13 @@ x̃0_k = x̂0_k + λ d_k closest to x0 in the least-squares sense::
     d_k  = L_σ(x_e − x̂0_k)                        # correction direction; L_σ = Gaussian low-pass, L_0 = identity
     λ*_k = clip(⟨x0 − x̂0_k, d_k⟩ / ‖d_k‖², 0, 1)
 
-With σ = 0 this is the paper's correction (pull the whole estimate towards x_e). With σ > 0 only the
-band below the low-pass cut-off is pulled: x_e is faithful there, while the fine texture the MSE decoder
-blurs away stays the diffusion's, whatever λ is (see docs/method.md, "Band-limited correction").
-
 then sends level q_k = round(γ · λ*_k · (L − 1)) ∈ {0, …, L−1}; the decoder uses λ_k = q_k / (L − 1).
 Levels are coded with CompressAI's rANS coder under per-step probability tables fitted on training
 images (:func:`fit_tables`), so a typical step costs one or two bits.
+
+With σ = 0 this is the paper's correction (pull the whole estimate towards x_e). With σ > 0 only the
+band below the low-pass cut-off is pulled: x_e is faithful there, while the fine texture the MSE decoder
+blurs away stays the diffusion's, whatever λ is (see docs/method.md, "Band-limited correction").
 """
 
 from __future__ import annotations

@@ -52,15 +52,17 @@ class CorrDiffModel(nn.Module):
         self._hash: str | None = None
 
     def with_correction(self, tables: torch.Tensor | None = None, **update: object) -> "CorrDiffModel":
-        """A copy with ``config.correction`` updated (and new λ tables if given); same network weights."""
-        cfg = self.config.model_copy(update={"correction": self.config.correction.model_copy(update=update)})
+        """A copy with ``config.correction`` updated (validated) and new λ tables if given; same network
+        weights, same device."""
+        correction = type(self.config.correction).model_validate({**self.config.correction.model_dump(), **update})
+        cfg = self.config.model_copy(update={"correction": correction})
         if tables is None and cfg.correction.levels == self.config.correction.levels:
             tables = self.tables.clone()
         new = CorrDiffModel(cfg, tables=tables)  # no tables: uniform ones for the new level count
         for part in PARTS:
             getattr(new, part).load_state_dict(getattr(self, part).state_dict())
         new.codec.update(force=True)
-        return new.eval()
+        return new.to(self.tables.device).eval()
 
     # -- identity -----------------------------------------------------------------------------------
     def state_parts(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -66,3 +66,15 @@ def test_pickled_code_is_refused(tmp_path, micro_model):
 def test_missing_package(tmp_path):
     with pytest.raises(ModelPackageError, match="no model.json"):
         load_package(tmp_path)
+
+
+def test_with_correction_validates_and_keeps_the_weights(micro_model):
+    from pydantic import ValidationError
+
+    band = micro_model.with_correction(lowpass_sigma=1.0)
+    assert band.config.correction.lowpass_sigma == 1.0
+    assert band.state_parts()["diffusion"].keys() == micro_model.state_parts()["diffusion"].keys()
+    assert all(torch.equal(a, b) for a, b in zip(band.diffusion.state_dict().values(),
+                                                micro_model.diffusion.state_dict().values()))
+    with pytest.raises(ValidationError, match="lowpass_sigma"):
+        micro_model.with_correction(lowpass_sigma=-1.0)
