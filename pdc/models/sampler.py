@@ -114,17 +114,14 @@ def sample(
     for k, (t, a_t, a_prev) in enumerate(timesteps(scheduler, denoiser.cfg, steps)):
         r_hat, eps = split_prediction(kind, denoiser(r_t, t, y_hat, x_base), r_t, a_t)
         r_hat = torch.maximum(torch.minimum(r_hat, hi), lo)
-        coding = target is not None and k in allowed
-        direction = correction_direction(r_hat, r_e, correction.lowpass_sigma) if coding or (
-            levels is not None and levels[k]) else None
-        if coding:
+        if target is not None and k in allowed:
+            direction = correction_direction(r_hat, r_e, correction.lowpass_sigma)
             star = lambda_star(r0, r_hat, direction)
             stars.append(star)
             q = quantize(gamma * star, n_levels)
-        elif levels is not None:
-            q = levels[k]
         else:
-            q = 0
+            q = levels[k] if levels is not None else 0
+            direction = correction_direction(r_hat, r_e, correction.lowpass_sigma) if q else None
         used.append(q)
         lam = dequantize(q, n_levels)
         r_tilde = r_hat + lam * direction if q else r_hat
