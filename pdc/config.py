@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,11 @@ class CodecConfig(_Strict):
 
 class DiffusionConfig(_Strict):
     """Conditional denoiser ε_θ(x_t, t, c(ŷ)) — a diffusers ``UNet2DModel`` — and its DDIM sampler."""
+
+    #: Fields read only when sampling (never by training): the correction stage applies the profile's
+    #: values to the package it fits (its λ tables are per step), so changing them needs no retraining.
+    SAMPLING_FIELDS: ClassVar[tuple[str, ...]] = ("steps", "timestep_spacing", "t_min", "spacing_power",
+                                                 "noise_temperature")
 
     block_channels: tuple[int, ...] = (48, 64, 96)
     layers_per_block: int = Field(1, ge=1, le=4)

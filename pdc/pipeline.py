@@ -21,11 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pdc.config import DiffusionConfig
+
 if TYPE_CHECKING:
     from pdc.config import Params
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
+
+#: The diffusion's fields split by who reads them: the network and its training (fixed when the codec stage
+#: creates the package) and the sampler (applied by the correction stage, whose λ tables are per step), so
+#: changing a sampling knob in params.yaml re-runs the correction fit, not the training chain.
+_DIFFUSION_NETWORK = tuple(f"diffusion.{k}" for k in DiffusionConfig.model_fields
+                           if k not in DiffusionConfig.SAMPLING_FIELDS)
+_DIFFUSION_SAMPLING = tuple(f"diffusion.{k}" for k in DiffusionConfig.SAMPLING_FIELDS)
 
 _TRAIN_CODE = ("pdc/train.py", "pdc/distributed.py", "pdc/stages.py", "pdc/pipeline.py", "pdc/config.py", "pdc/models",
                "pdc/data/loader.py")
@@ -51,14 +60,14 @@ class TrainStage:
 
 
 TRAIN_STAGES: tuple[TrainStage, ...] = (
-    TrainStage("codec", None, True, _TRAIN_CODE, ("codec",), ("codec", "diffusion", "privileged"),
+    TrainStage("codec", None, True, _TRAIN_CODE, ("codec",), ("codec", *_DIFFUSION_NETWORK, "privileged"),
                "Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point."),
     TrainStage("diffusion", "codec", True, _TRAIN_CODE + ("pdc/metrics/perceptual.py", "pdc/weights.py"), ("diffusion",), (),
                "Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."),
     TrainStage("privileged", "diffusion", True, _TRAIN_CODE, ("privileged",), (),
                "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ."),
     TrainStage("correction", "privileged", False, _TRAIN_CODE + ("pdc/metrics",),
-               ("correction_images", "correction_crop"), ("correction",),
+               ("correction_images", "correction_crop"), ("correction", *_DIFFUSION_SAMPLING),
                "Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured quality."),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in TRAIN_STAGES)

@@ -150,8 +150,12 @@ def run_stage(
         if stage == "correction":
             t = prof.train
             loader = iter(_crop_images(data, t.correction_crop, t.correction_images))
-            # the correction knobs are this stage's (the package carries the codec stage's copy)
-            model = model.with_correction(**prof.model.correction.model_dump(exclude={"eps_mode"}))
+            # The correction knobs and the diffusion's sampling knobs are this stage's (the package
+            # carries the codec stage's copy): the λ tables it fits are per sampling step.
+            dif = prof.model.diffusion
+            model = model.with_decode_settings(
+                correction=prof.model.correction.model_dump(exclude={"eps_mode"}),
+                sampling={k: getattr(dif, k) for k in type(dif).SAMPLING_FIELDS})
             fit = T.fit_correction(model, list(loader), log=log, d=d)
             model = T.apply_correction_fit(model, fit)
             result = {"stage": stage, "eps_mode": fit.eps_mode, **fit.report}

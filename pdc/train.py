@@ -498,4 +498,4 @@ def fit_correction(
 
 def apply_correction_fit(model: CorrDiffModel, fit: CorrectionFit) -> CorrDiffModel:
     """A new model with the fitted tables and ε̃ variant (the config change changes the hash)."""
-    return model.with_correction(tables=fit.tables, eps_mode=fit.eps_mode)
+    return model.with_decode_settings(fit.tables, correction={"eps_mode": fit.eps_mode})

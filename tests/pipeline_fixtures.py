@@ -6,10 +6,12 @@ from pathlib import Path
 
 import yaml
 
+from pdc.config import DiffusionConfig
 from tests.models.conftest import MICRO
 
 MICRO_PROFILE = {
-    "model": {**MICRO, "diffusion": {**MICRO["diffusion"], "steps": 2}},
+    # every diffusion field spelled out: dvc.yaml lists them one by one (network vs sampling knobs)
+    "model": {**MICRO, "diffusion": DiffusionConfig(**{**MICRO["diffusion"], "steps": 2}).model_dump(mode="json")},
     "train": {
         "codec": {"steps": 4, "batch_size": 2, "crop": 64, "checkpoint_every": 2},
         "diffusion": {"steps": 3, "batch_size": 2, "crop": 64, "checkpoint_every": 2},

@@ -29,6 +29,26 @@ def test_every_training_stage_lists_existing_code_and_its_predecessor():
     assert [s.name for s in TRAIN_STAGES] == list(STAGE_NAMES) == ["codec", "diffusion", "privileged", "correction"]
 
 
+def test_every_profile_spells_every_parameter_dvc_lists():
+    """DVC refuses to run a stage whose listed parameter is missing from params.yaml, and the diffusion's
+    fields are listed one by one: network/training fields at the codec stage, sampling fields at the
+    correction stage (changing a sampling knob re-fits λ, it does not retrain)."""
+    from pdc.config import DiffusionConfig
+
+    listed = [k for s in TRAIN_STAGES for k in s.model_params if k.startswith("diffusion.")]
+    assert sorted(listed) == sorted(f"diffusion.{f}" for f in DiffusionConfig.model_fields)  # each once
+    assert "diffusion.steps" in stage("correction").model_params
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, profile in doc["profiles"].items():
+        for s in TRAIN_STAGES:
+            for section, keys in (("model", s.model_params), ("train", s.train_params)):
+                for key in keys:
+                    node = profile[section]
+                    for part in key.split("."):
+                        assert part in node, f"profiles.{name}.{section}.{key} is missing (stage {s.name})"
+                        node = node[part]
+
+
 def test_code_version_follows_the_stage_code(tmp_path):
     for rel in stage("diffusion").code:
         src = REPO_ROOT / rel

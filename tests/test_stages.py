@@ -144,9 +144,10 @@ def test_a_rate_point_is_one_typed_thing_from_params_to_evaluation(tmp_path):
     assert index["packages"][0]["name"] == "r1" and index["packages"][0]["rate_point"]["lambda_rd"] == 0.01
 
 
-def test_correction_stage_applies_the_profiles_correction_knobs(tmp_path):
-    """The correction knobs belong to the correction stage (DVC lists them there): changing them in
-    params.yaml needs a new fit only, and the fitted package carries them, not the codec stage's copy."""
+def test_correction_stage_applies_the_profiles_decode_settings(tmp_path):
+    """The correction knobs and the diffusion's sampling knobs belong to the correction stage (DVC lists
+    them there): changing them in params.yaml needs a new fit only, and the fitted package carries them,
+    not the codec stage's copy."""
     import yaml
 
     from pdc.config import load_params
@@ -158,9 +159,12 @@ def test_correction_stage_applies_the_profiles_correction_knobs(tmp_path):
     run_stage("codec", load_params(path), "r0", data=data, out=tmp_path / "codec", workdir=tmp_path / "ck")
     doc = yaml.safe_load(path.read_text())
     doc["profiles"]["micro"]["model"]["correction"] = {"levels": 4, "lowpass_sigma": 1.5}
+    steps = doc["profiles"]["micro"]["model"]["diffusion"].get("steps", 6)
+    doc["profiles"]["micro"]["model"]["diffusion"].update(steps=steps + 1, t_min=7)
     path.write_text(yaml.safe_dump(doc))
     run_stage("correction", load_params(path), "r0", data=data, out=tmp_path / "fit", init=tmp_path / "codec")
-    fitted = load_package(tmp_path / "fit")
+    fitted, trained = load_package(tmp_path / "fit"), load_package(tmp_path / "codec")
     assert fitted.config.correction.lowpass_sigma == 1.5 and fitted.config.correction.levels == 4
-    assert tuple(fitted.tables.shape) == (fitted.config.diffusion.steps, 4)
-    assert load_package(tmp_path / "codec").config.correction.lowpass_sigma == 0.0
+    assert (fitted.config.diffusion.steps, fitted.config.diffusion.t_min) == (steps + 1, 7)
+    assert tuple(fitted.tables.shape) == (steps + 1, 4)
+    assert trained.config.correction.lowpass_sigma == 0.0 and trained.config.diffusion.steps == steps

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from pdc import __version__
-from pdc.config import ModelConfig, parse_model_config
+from pdc.config import DiffusionConfig, ModelConfig, parse_model_config
 from pdc.errors import ModelPackageError
 from pdc.fsutil import staging_dir
 from pdc.models.codec import build_codec
@@ -51,14 +52,26 @@ class CorrDiffModel(nn.Module):
         self.register_buffer("tables", tables if tables is not None else uniform_tables(steps, config.correction.levels))
         self._hash: str | None = None
 
-    def with_correction(self, tables: torch.Tensor | None = None, **update: object) -> "CorrDiffModel":
-        """A copy with ``config.correction`` updated (validated) and new λ tables if given; same network
-        weights, same device."""
-        correction = type(self.config.correction).model_validate({**self.config.correction.model_dump(), **update})
-        cfg = self.config.model_copy(update={"correction": correction})
-        if tables is None and cfg.correction.levels == self.config.correction.levels:
+    def with_decode_settings(self, tables: torch.Tensor | None = None, *, correction: Mapping[str, Any] | None = None,
+                             sampling: Mapping[str, Any] | None = None) -> "CorrDiffModel":
+        """A copy with decode-time settings changed and validated: ``config.correction`` fields and the
+        diffusion's sampling fields (:attr:`DiffusionConfig.SAMPLING_FIELDS`); same network weights, same
+        device. λ tables: ``tables`` if given, else the current ones while their shape still fits, else
+        uniform ones."""
+        sampling = dict(sampling or {})
+        wrong = sorted(set(sampling) - set(DiffusionConfig.SAMPLING_FIELDS))
+        if wrong:
+            raise ModelPackageError(f"{', '.join(wrong)}: not a sampling setting of model.diffusion (those are "
+                                    f"{', '.join(DiffusionConfig.SAMPLING_FIELDS)}); other fields need retraining")
+        c, dif = self.config.correction, self.config.diffusion
+        cfg = self.config.model_copy(update={
+            "correction": type(c).model_validate({**c.model_dump(), **(correction or {})}),
+            "diffusion": type(dif).model_validate({**dif.model_dump(), **sampling}),
+        })
+        same_shape = (cfg.correction.levels, cfg.diffusion.steps) == (c.levels, dif.steps)
+        if tables is None and same_shape:
             tables = self.tables.clone()
-        new = CorrDiffModel(cfg, tables=tables)  # no tables: uniform ones for the new level count
+        new = CorrDiffModel(cfg, tables=tables)
         for part in PARTS:
             getattr(new, part).load_state_dict(getattr(self, part).state_dict())
         new.codec.update(force=True)

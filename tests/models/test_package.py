@@ -68,13 +68,26 @@ def test_missing_package(tmp_path):
         load_package(tmp_path)
 
 
-def test_with_correction_validates_and_keeps_the_weights(micro_model):
+def test_decode_settings_validate_and_keep_the_weights(micro_model):
     from pydantic import ValidationError
 
-    band = micro_model.with_correction(lowpass_sigma=1.0)
+    band = micro_model.with_decode_settings(correction={"lowpass_sigma": 1.0})
     assert band.config.correction.lowpass_sigma == 1.0
     assert band.state_parts()["diffusion"].keys() == micro_model.state_parts()["diffusion"].keys()
     assert all(torch.equal(a, b) for a, b in zip(band.diffusion.state_dict().values(),
                                                 micro_model.diffusion.state_dict().values()))
+    assert torch.equal(band.tables, micro_model.tables)
     with pytest.raises(ValidationError, match="lowpass_sigma"):
-        micro_model.with_correction(lowpass_sigma=-1.0)
+        micro_model.with_decode_settings(correction={"lowpass_sigma": -1.0})
+
+
+def test_sampling_settings_change_the_step_count_not_the_network(micro_model):
+    k = micro_model.config.diffusion.steps
+    fewer = micro_model.with_decode_settings(sampling={"steps": k - 1, "t_min": 3})
+    assert (fewer.config.diffusion.steps, fewer.config.diffusion.t_min) == (k - 1, 3)
+    assert fewer.tables.shape == (k - 1, micro_model.config.correction.levels)  # per-step tables: refit
+    assert fewer.content_hash() != micro_model.content_hash()
+    assert all(torch.equal(a, b) for a, b in zip(fewer.diffusion.state_dict().values(),
+                                                micro_model.diffusion.state_dict().values()))
+    with pytest.raises(ModelPackageError, match="block_channels: not a sampling setting"):
+        micro_model.with_decode_settings(sampling={"block_channels": (64, 64)})
