@@ -17,6 +17,7 @@ All arithmetic happens in the diffusion's residual space r = s·(x − x_b) (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -84,12 +85,16 @@ def sample(
     levels: list[int] | None = None,
     target: torch.Tensor | None = None,
     gamma: float | None = None,
+    adjust: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> SampleResult:
     """Run K corrected DDIM steps.
 
     Encoder: pass ``target`` (the padded original) and ``x_e``; λ levels are chosen on the fly.
     Decoder: pass ``levels`` (one per step) and ``x_e`` when any level is non-zero.
     Plain diffusion: neither (all λ = 0).
+    ``adjust(k, r̂0, r̃0) -> r̃0`` (experiments only, never set by the codec) replaces the corrected
+    estimate of step k, in residual space, before the DDIM update: benchmarks screen other uses of the
+    privileged channel with it (``benchmarks/screen_privileged_bits.py``).
     """
     s = residual_scale
     kind = denoiser.cfg.prediction_type
@@ -125,6 +130,8 @@ def sample(
         used.append(q)
         lam = dequantize(q, n_levels)
         r_tilde = r_hat + lam * direction if q else r_hat
+        if adjust is not None:
+            r_tilde = adjust(k, r_hat, r_tilde)
         if correction.eps_mode == "rederive":
             eps = (r_t - a_t**0.5 * r_tilde) / (1 - a_t) ** 0.5
         r_t = a_prev**0.5 * r_tilde + (1 - a_prev) ** 0.5 * eps

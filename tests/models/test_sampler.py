@@ -50,3 +50,22 @@ def test_band_limited_correction_keeps_the_diffusion_detail(micro_model, latents
     # the band-limited output's fine detail is the diffusion's (up to the clamp), not x_e's
     assert (fine(band) - fine(plain)).pow(2).mean() < 0.25 * (fine(x_e) - fine(plain)).pow(2).mean()
     assert (lowpass(band - x_e, 2.0)).pow(2).mean() < 0.25 * (lowpass(plain - x_e, 2.0)).pow(2).mean()
+
+
+def test_adjust_hook_replaces_the_corrected_estimate(micro_model, latents):
+    """The experiments' hook: returning r̃0 unchanged is a no-op; returning r̂0 undoes every correction."""
+    top = [micro_model.config.correction.levels - 1] * micro_model.config.diffusion.steps
+    corrected = _run(micro_model, latents, 2.0, levels=top).image
+    plain = _run(micro_model, latents, 2.0, levels=[0] * len(top)).image
+    seen = []
+
+    def keep(k, r_hat, r_tilde):
+        seen.append(k)
+        return r_tilde
+
+    torch.testing.assert_close(_run(micro_model, latents, 2.0, levels=top, adjust=keep).image, corrected,
+                               rtol=0, atol=0)
+    assert seen == list(range(len(top)))
+    undone = _run(micro_model, latents, 2.0, levels=top, adjust=lambda k, r_hat, r_tilde: r_hat).image
+    torch.testing.assert_close(undone, plain, rtol=0, atol=0)
+    assert not torch.allclose(corrected, plain, atol=1e-3)
