@@ -12,7 +12,10 @@ Decoder: parse + verify ─▶ ŷ ─▶ the same sampler with the transmitted �
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -22,9 +25,27 @@ from pdc.bitstream import MAX_PIXELS, Mode, Section, Stream, parse
 from pdc.errors import BitstreamError
 from pdc.imageio import uint8_to_tensor
 from pdc.models.codec import CODEC_MULTIPLE, decode_latent, encode_latent, latent_shape, pad_to_multiple
-from pdc.models.correction import decode_levels, encode_levels, uniform_tables
+from pdc.models.correction import decode_levels, encode_levels, quantize, uniform_tables
 from pdc.models.package import CorrDiffModel
-from pdc.models.sampler import correctable_steps, sample
+from pdc.models.sampler import SampleResult, correctable_steps, sample
+
+
+@dataclass(frozen=True)
+class LambdaPick:
+    """Encoder-only alternative to least squares: try every combination of these λ values on the coded
+    steps, decode each exactly as the decoder will, and keep the one with the lowest LPIPS (``net``)
+    among those whose PSNR is at most ``psnr_tolerance_db`` below the least-squares choice (which always
+    qualifies). The decoder is unchanged: it reads levels, whoever chose them.
+
+    Why: least-squares λ* sits at ≈ 1 on every step (docs/method.md), so the decoder could apply it
+    without the encoder's bits; a perceptual criterion that needs the original gives the bits a job.
+    Costs ``len(values) ** coded steps`` extra samplings and LPIPS passes per image.
+    """
+
+    values: tuple[float, ...] = (0.0, 0.6, 1.0)
+    psnr_tolerance_db: float = 0.1
+    net: str = "vgg"
+    max_candidates: int = 64
 
 
 class Encoded(NamedTuple):
@@ -72,6 +93,39 @@ def code_latent(model: CorrDiffModel, x: torch.Tensor) -> CodedLatent:
     return CodedLatent(xp, z_str, y_str, decode_latent(model.codec, z_str, y_str, latent_shape(*xp.shape[-2:])))
 
 
+def _pick(model: CorrDiffModel, pick: LambdaPick, least_squares: SampleResult, x: torch.Tensor,
+          coded: list[int], decode: Callable[[list[int]], SampleResult]) -> SampleResult:
+    """The :class:`LambdaPick` search; ``decode(levels)`` runs the decoder's sampler."""
+    from pdc.metrics import psnr
+    from pdc.metrics.perceptual import lpips
+
+    n_levels = model.config.correction.levels
+    grid = sorted({quantize(v, n_levels) for v in pick.values})
+    if len(grid) ** len(coded) > pick.max_candidates:
+        raise ValueError(f"λ pick: {len(grid)} values on {len(coded)} coded steps is {len(grid) ** len(coded)} "
+                         f"samplings per image (max {pick.max_candidates}); use fewer values or coded steps")
+    h, w = x.shape[-2:]
+
+    def score(res: SampleResult) -> tuple[float, float]:
+        image = res.image[..., :h, :w].clamp(0, 1)
+        return psnr(image, x), lpips(image, x, net=pick.net)
+
+    floor, best = score(least_squares)
+    floor -= pick.psnr_tolerance_db
+    chosen = least_squares
+    for combo in itertools.product(grid, repeat=len(coded)):
+        levels = [0] * len(least_squares.levels)
+        for k, q in zip(coded, combo):
+            levels[k] = q
+        if levels == least_squares.levels:
+            continue
+        res = decode(levels)
+        quality, distance = score(res)
+        if quality >= floor and distance < best:
+            chosen, best = SampleResult(res.image, levels, least_squares.lambda_star), distance
+    return chosen
+
+
 @torch.no_grad()
 def compress(
     model: CorrDiffModel,
@@ -81,9 +135,11 @@ def compress(
     steps: int | None = None,
     seed: int = 0,
     gamma: float | None = None,
+    pick: LambdaPick | None = None,
 ) -> Encoded:
     """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1]) on the model's device;
-    the reconstruction comes back on the CPU."""
+    the reconstruction comes back on the CPU. ``pick``: choose the λ levels by :class:`LambdaPick`
+    instead of least squares (CorrDiff mode only)."""
     x = _as_tensor(image).float().to(_device(model))
     h, w = x.shape[-2:]
     steps = model.config.diffusion.steps if steps is None else steps
@@ -105,6 +161,9 @@ def compress(
             x_e = model.privileged(y_hat)
             res = sample(model.diffusion, model.scheduler, y_hat, x_base, x_e=x_e, target=xp, gamma=gamma, **common)
             coded = correctable_steps(model.config.correction, steps)
+            if pick is not None:
+                res = _pick(model, pick, res, x, coded, lambda lv: sample(model.diffusion, model.scheduler, y_hat,
+                                                                         x_base, x_e=x_e, levels=lv, **common))
             sections[Section.LAMBDA] = encode_levels([res.levels[k] for k in coded], step_tables(model, steps))
         else:
             res = sample(model.diffusion, model.scheduler, y_hat, x_base, **common)

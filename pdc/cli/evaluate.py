@@ -121,7 +121,8 @@ def evaluate(
     systems: Annotated[
         str | None,
         typer.Option(help="Only these learned systems, comma-separated (corrdiff, diffusion, e2e, codec, "
-                          "corrdiff-g<γ>; the e2e-noise control runs when corrdiff and e2e do). Default: all."),
+                          "corrdiff-g<γ>; the e2e-noise control runs when corrdiff and e2e do). Default: all of those. "
+                          "Opt-in: corrdiff-pick (the encoder's perceptual λ pick, ≈ 9 samplings per image)."),
     ] = None,
     classic: Annotated[
         str | None,

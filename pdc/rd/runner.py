@@ -43,7 +43,8 @@ from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
 from pdc.rd.control import PSNR_TOL_DB, match_noise, noise_seed
-from pdc.rd.systems import CONTROL_KEY, Point, System, classic_systems, control_system, learned_systems
+from pdc.rd.systems import (CONTROL_KEY, OPT_IN_SYSTEMS, Point, System, classic_systems, control_system,
+                             learned_systems)
 
 FORMAT = "pdc-rd/1"
 #: γ values swept by default when the set has fewer rate points than a cubic BD fit needs.
@@ -229,10 +230,11 @@ class _FidSet:
 
 def _code_learned(model, system: System, x: torch.Tensor, path: Path, *, steps: int | None, seed: int,
                   decode: bool) -> tuple[torch.Tensor, dict[str, Any]]:
-    from pdc.codec import compress, decompress
+    from pdc.codec import LambdaPick, compress, decompress
 
     t0 = time.perf_counter()
-    enc = compress(model, x, mode=system.mode, steps=steps, seed=seed, gamma=system.gamma)
+    enc = compress(model, x, mode=system.mode, steps=steps, seed=seed, gamma=system.gamma,
+                   pick=LambdaPick() if system.pick else None)
     t1 = time.perf_counter()
     path.write_bytes(enc.data)
     info: dict[str, Any] = {"bytes": path.stat().st_size, "lambda_bytes": enc.lambda_bytes, "encode_s": t1 - t0}
@@ -339,9 +341,11 @@ def evaluate_model_set(
     gammas = tuple(g for g in gammas if g not in skipped)
     learned = learned_systems(gammas)
     if systems is not None:
+        learned += [s for s in OPT_IN_SYSTEMS if s.key in systems]
         unknown = set(systems) - {s.key for s in learned}
         if unknown:
-            raise PdcError(f"unknown learned system(s) {sorted(unknown)} (have: {[s.key for s in learned]})")
+            have = [s.key for s in learned] + [s.key for s in OPT_IN_SYSTEMS if s not in learned]
+            raise PdcError(f"unknown learned system(s) {sorted(unknown)} (have: {have})")
         learned = [s for s in learned if s.key in systems]
     # The matched-noise control needs both CorrDiff (its PSNR targets) and e2e (its base images).
     control = control_system() if {"corrdiff", "e2e"} <= {s.key for s in learned} else None

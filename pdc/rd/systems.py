@@ -26,6 +26,7 @@ class System:
     mode: Mode | None = None
     gamma: float | None = None  # learned CorrDiff only: explicit γ (None = the model's own)
     codec: ClassicCodec | None = None
+    pick: bool = False  # learned CorrDiff only: λ levels by the encoder's perceptual pick (pdc.codec.LambdaPick)
 
     @property
     def ext(self) -> str:
@@ -49,6 +50,15 @@ def learned_systems(gammas: tuple[float, ...] = ()) -> list[System]:
                           f"CorrDiff with correction strength γ={g:g} (distortion–perception knob)",
                           "learned", Mode.CORRDIFF, gamma=float(g)))
     return out
+
+
+#: Learned systems that run only when ``--systems`` names them (they cost many samplings per image).
+OPT_IN_SYSTEMS = (
+    System("corrdiff-pick", "CorrDiff (perceptual λ pick)",
+           "CorrDiff whose encoder tries λ ∈ {0, 0.6, 1} on every coded step and keeps the lowest LPIPS-VGG "
+           "within 0.1 dB of the least-squares PSNR (VGG is what it optimises: read alex and FID as held out)",
+           "learned", Mode.CORRDIFF, pick=True),
+)
 
 
 def control_system() -> System:

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdc.bitstream import Mode, Section, parse
-from pdc.codec import compress, decompress
+from pdc.codec import code_latent, compress, decompress
 from pdc.errors import BitstreamError
 from pdc.metrics import bpp, psnr
 
@@ -59,6 +59,41 @@ def test_correction_is_at_least_as_faithful_as_plain_diffusion(micro_model, phot
     plain = compress(micro_model, photo, mode=Mode.DIFFUSION)
     corr = compress(micro_model, photo, mode=Mode.CORRDIFF)
     assert psnr(corr.reconstruction, photo) >= psnr(plain.reconstruction, photo) - 0.05
+
+
+def test_perceptual_pick_keeps_the_best_decodable_combination(micro_model, photo):
+    """The encoder's λ pick: every candidate is decoded as the decoder will, the stream decodes to the
+    chosen image, and with no PSNR constraint the choice has the lowest LPIPS of all combinations."""
+    import itertools
+
+    from pdc.codec import LambdaPick
+    from pdc.metrics.perceptual import lpips
+    from pdc.models.sampler import correctable_steps, sample
+
+    pick = LambdaPick(values=(0.0, 1.0), psnr_tolerance_db=100.0)
+    enc = compress(micro_model, photo, pick=pick)
+    dec = decompress(micro_model, enc.data)
+    assert float((dec - enc.reconstruction).abs().max()) <= 1 / 255
+
+    m, dcfg = micro_model, micro_model.config.diffusion
+    coded = correctable_steps(m.config.correction, dcfg.steps)
+    top = m.config.correction.levels - 1
+    with torch.no_grad():
+        c = code_latent(m, photo)
+        x_base, x_e = m.codec.g_s(c.y_hat).clamp(0, 1), m.privileged(c.y_hat)
+        scores = {}
+        for combo in itertools.product((0, top), repeat=len(coded)):
+            levels = [0] * dcfg.steps
+            for k, q in zip(coded, combo):
+                levels[k] = q
+            img = sample(m.diffusion, m.scheduler, c.y_hat, x_base, steps=dcfg.steps, seed=0, x_e=x_e,
+                         correction=m.config.correction, residual_scale=dcfg.residual_scale, levels=levels).image
+            scores[tuple(levels)] = lpips(img[..., : photo.shape[-2], : photo.shape[-1]].clamp(0, 1), photo,
+                                          net="vgg")
+    assert len(set(scores.values())) > 1  # the choice matters on this image
+    assert scores[tuple(enc.levels)] == pytest.approx(min(scores.values()), abs=1e-6)
+    with pytest.raises(ValueError, match="samplings per image"):
+        compress(micro_model, photo, pick=LambdaPick(values=(0.0, 0.5, 1.0), max_candidates=2))
 
 
 def test_bpp_counts_every_byte(micro_model, photo):

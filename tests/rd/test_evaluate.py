@@ -445,3 +445,18 @@ def test_pdc_eval_is_a_view_of_pdc_evaluate(model_set, tiny_images, tmp_path):
     assert set(rows) == {"e2e", "codec"}
     for r in direct["rows"]:
         assert rows[r["system"]]["psnr"] == pytest.approx(r["psnr"]) and rows[r["system"]]["bpp"] == r["bpp"]
+
+
+def test_perceptual_pick_is_an_opt_in_system(model_set, tiny_images, tmp_path):
+    """corrdiff-pick runs only when named, writes decodable streams and is scored like any system."""
+    from pdc.rd import evaluate_model_set
+
+    res = evaluate_model_set(model_set, tiny_images, tmp_path / "e", limit=1, crop=64, steps=2, classic=[],
+                             gammas=(), systems=["corrdiff", "corrdiff-pick"], progress=False)
+    rows = {r["system"]: r for r in res["rows"] if r["point"] == "r0"}
+    assert set(rows) == {"corrdiff", "corrdiff-pick"}
+    assert rows["corrdiff-pick"]["decode_max_abs_diff"] <= 1 / 255
+    assert rows["corrdiff-pick"]["lpips_vgg"] <= rows["corrdiff"]["lpips_vgg"] + 1e-6  # LS is a candidate
+    default = evaluate_model_set(model_set, tiny_images, tmp_path / "d", limit=1, crop=64, steps=2, classic=[],
+                                 gammas=(), with_lpips=False, progress=False)
+    assert "corrdiff-pick" not in {r["system"] for r in default["rows"]}
