@@ -1,7 +1,8 @@
 """The DVC pipeline for real (slow lane): a micro profile through `dvc repro` in a copy of the repo.
 
-Checks the promises of the generated dvc.yaml: a second repro is a no-op, an edit to a stage's code
-makes `dvc status` list that stage, and new data retrains every stage from step 0.
+Checks the promises of the generated dvc.yaml: a second repro is a no-op, a sampling knob re-runs the
+correction stage only, an edit to a stage's code makes `dvc status` list that stage, and new data
+retrains every stage from step 0.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def repo(tmp_path: Path) -> Path:
 def test_repro_is_honest_about_code_and_data(repo: Path):
     _run(["dvc", "repro"], repo)
     assert "up to date" in _run(["dvc", "repro"], repo)
+
+    # a sampling knob is the correction stage's: the networks stay, λ is re-fitted
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["profiles"]["micro"]["model"]["diffusion"]["t_min"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(["dvc", "status"], repo)
+    assert "correction@r0:" in status and "correction@r1:" in status
+    assert not any(f"{s}@r{r}:" in status for s in ("codec", "diffusion", "privileged") for r in (0, 1)), status
+    _run(["dvc", "repro"], repo)
 
     code = repo / "pdc" / "models" / "privileged.py"
     code.write_text(code.read_text() + "\n# an edit\n")
