@@ -19,10 +19,7 @@ The λ tables are not needed here: rate is the same for every row up to the few 
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -34,6 +31,8 @@ from pdc.metrics.perceptual import lpips
 from pdc.models.package import CorrDiffModel, load_package
 from pdc.models.sampler import correctable_steps, sample
 from pdc.rd.control import match_noise, noise_seed
+
+from _held_out import parser, save_rows  # benchmarks/_held_out.py (the script's folder is on sys.path)
 
 
 def _rows_for_image(model: CorrDiffModel, x: torch.Tensor, sigmas: list[float], seed: int) -> dict[str, dict]:
@@ -75,13 +74,8 @@ def _rows_for_image(model: CorrDiffModel, x: torch.Tensor, sigmas: list[float], 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, required=True, help="a package with trained diffusion and D_e")
-    ap.add_argument("--images", type=Path, required=True, help="held-out images (not the training set)")
-    ap.add_argument("--limit", type=int, default=16)
+    ap = parser(__doc__, "a package with trained diffusion and D_e", limit=16)
     ap.add_argument("--sigmas", default="0,1,2", help="low-pass σ values (pixels), comma-separated")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     model = load_package(args.model).eval()
@@ -105,9 +99,7 @@ def main() -> None:
     for r in table:
         stars = " ".join(f"{v:.2f}" for v in r.get("lambda_star", []))
         print(f"| {r['row']} | {r['psnr']:.2f} | {r['lpips']:.4f} | {r['lpips_vgg']:.4f} | {stars} |")
-    if args.out:
-        args.out.write_text(json.dumps({"images": str(args.images), "model": str(args.model), "rows": table},
-                                       indent=1))
+    save_rows(args.out, args, table)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,9 @@ not a coded stream (a screen, not a codec):
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +40,8 @@ from pdc.metrics.perceptual import lpips
 from pdc.models.correction import correction_direction, lowpass
 from pdc.models.package import CorrDiffModel, load_package
 from pdc.models.sampler import SampleResult, correctable_steps, sample
+
+from _held_out import parser, save_rows  # benchmarks/_held_out.py (the script's folder is on sys.path)
 
 GRID = (0.0, 0.6, 1.0, 1.4)
 NO_BITS = "no bits (λ = 1 on coded steps)"
@@ -166,18 +165,13 @@ def _ideal_bits(symbols: list[list[int]]) -> float:
     if not total:
         return 0.0
     h = -sum(c / total * math.log2(c / total) for c in counts.values())
-    return max(h, 0.0) * total / len(symbols)
+    return abs(h) * total / len(symbols)  # abs: a single symbol gives -0.0
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, required=True, help="a fitted package (correction stage)")
-    ap.add_argument("--images", type=Path, required=True, help="held-out images (not the training set)")
-    ap.add_argument("--limit", type=int, default=10)
+    ap = parser(__doc__, "a fitted package (correction stage)", limit=10)
     ap.add_argument("--tiles", default="64,32", help="tile sizes (pixels) for the per-tile λ rows")
     ap.add_argument("--grid", action="store_true", help=f"add the perceptual-pick row ({len(GRID)}^steps samples)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     model = load_package(args.model).eval()
@@ -220,9 +214,7 @@ def main() -> None:
         values = " ".join(f"{v:.2f}" for v in r["value"])
         print(f"| {r['row']} | {r['psnr']:.2f} | {r['lpips']:.4f} | {r['lpips_vgg']:.4f} | {values} | "
               f"{r['bits_per_image']:.0f} |")
-    if args.out:
-        args.out.write_text(json.dumps({"images": str(args.images), "model": str(args.model), "rows": table},
-                                       indent=1))
+    save_rows(args.out, args, table)
 
 
 if __name__ == "__main__":

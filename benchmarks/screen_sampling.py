@@ -13,9 +13,6 @@ into params.yaml and the correction stage re-fits the λ tables for them.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -27,18 +24,15 @@ from pdc.metrics.perceptual import lpips
 from pdc.models.package import load_package
 from pdc.models.sampler import sample
 
+from _held_out import parser, save_rows  # benchmarks/_held_out.py (the script's folder is on sys.path)
+
 ROWS = ("diffusion only", "CorrDiff (least squares)", "no bits (λ = 1)")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, required=True,
-                    help="a fitted package (its σ and levels are kept; K, t_min, ρ and coded steps are set here)")
-    ap.add_argument("--images", type=Path, required=True, help="held-out images (not the training set)")
-    ap.add_argument("--limit", type=int, default=16)
+    ap = parser(__doc__, "a fitted package (its σ and levels are kept; K, t_min, ρ and coded steps are set here)",
+                limit=16)
     ap.add_argument("--configs", default="6:20:2,4:5:2,3:5:2,3:20:2", help="K:t_min:ρ, comma-separated")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
     base = load_package(args.model).eval()
@@ -80,9 +74,7 @@ def main() -> None:
     for r in table:
         print(f"| {r['K']} | {r['t_min']} | {r['rho']:g} | {r['row']} | {r['psnr']:.2f} | {r['lpips']:.4f} | "
               f"{r['lpips_vgg']:.4f} |")
-    if args.out:
-        args.out.write_text(json.dumps({"images": str(args.images), "model": str(args.model), "rows": table},
-                                       indent=1))
+    save_rows(args.out, args, table)
 
 
 if __name__ == "__main__":
