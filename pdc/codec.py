@@ -39,7 +39,7 @@ class LambdaPick:
 
     Why: least-squares λ* sits at ≈ 1 on every step (docs/method.md), so the decoder could apply it
     without the encoder's bits; a perceptual criterion that needs the original gives the bits a job.
-    Costs ``len(values) ** coded steps`` extra samplings and LPIPS passes per image.
+    Costs ``len(values) ** coded steps`` extra samplings and LPIPS backbone passes per image.
     """
 
     values: tuple[float, ...] = (0.0, 0.6, 1.0)
@@ -97,7 +97,7 @@ def _pick(model: CorrDiffModel, pick: LambdaPick, least_squares: SampleResult, x
           coded: list[int], decode: Callable[[list[int]], SampleResult]) -> SampleResult:
     """The :class:`LambdaPick` search; ``decode(levels)`` runs the decoder's sampler."""
     from pdc.metrics import psnr
-    from pdc.metrics.perceptual import lpips
+    from pdc.metrics.perceptual import LpipsTo
 
     n_levels = model.config.correction.levels
     grid = sorted({quantize(v, n_levels) for v in pick.values})
@@ -105,10 +105,11 @@ def _pick(model: CorrDiffModel, pick: LambdaPick, least_squares: SampleResult, x
         raise ValueError(f"λ pick: {len(grid)} values on {len(coded)} coded steps is {len(grid) ** len(coded)} "
                          f"samplings per image (max {pick.max_candidates}); use fewer values or coded steps")
     h, w = x.shape[-2:]
+    distance_to_original = LpipsTo(x, pick.net)  # the original's features once, not once per candidate
 
     def score(res: SampleResult) -> tuple[float, float]:
         image = res.image[..., :h, :w].clamp(0, 1)
-        return psnr(image, x), lpips(image, x, net=pick.net)
+        return psnr(image, x), distance_to_original(image)
 
     floor, best = score(least_squares)
     floor -= pick.psnr_tolerance_db

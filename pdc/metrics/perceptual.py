@@ -48,12 +48,46 @@ def lpips_model(net: str = "alex") -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
+class LpipsTo:
+    """LPIPS distances from any number of images to one fixed reference.
+
+    The reference's normalised backbone features are computed once, so each further distance costs one
+    backbone pass instead of two (the encoder's λ pick scores up to dozens of candidates per image).
+    Follows ``lpips.LPIPS.forward`` for v0.1 (scaling layer, unit-normalised features, learned linear
+    weights, spatial mean); :func:`lpips` is this class, so the published reference distances check it.
+    """
+
+    def __init__(self, reference: torch.Tensor, net: str = "alex") -> None:
+        self.model = lpips_model(net)
+        if self.model.version != "0.1" or not self.model.lpips or self.model.spatial:
+            raise MetricError(f"LPIPS {net}: expected the v0.1 linear-calibrated, spatially averaged variant")
+        self.reference = _batch(reference)
+        self.model.to(self.reference.device)
+        self._features_ref = self._features(self.reference)
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        import lpips as lpips_lib
+
+        with torch.no_grad():
+            outs = self.model.net(self.model.scaling_layer(x * 2 - 1))
+        return [lpips_lib.normalize_tensor(o) for o in outs]
+
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image distances (N,) of ``x`` (same shape as the reference) to the reference."""
+        x, _ = _pair(x, self.reference)
+        with torch.no_grad():
+            d = sum(lin((f - r) ** 2).mean(dim=(2, 3))
+                    for lin, f, r in zip(self.model.lins, self._features(x), self._features_ref))
+        return d.flatten()
+
+    def __call__(self, x: torch.Tensor) -> float:
+        """Mean distance of ``x`` to the reference."""
+        return float(self.distances(x).mean())
+
+
 def lpips(x: torch.Tensor, y: torch.Tensor, net: str = "alex") -> float:
     """Mean LPIPS distance between images in [0, 1]."""
-    x, y = _pair(x, y)
-    with torch.no_grad():
-        d = lpips_model(net).to(x.device)(x * 2 - 1, y * 2 - 1, normalize=False)
-    return float(d.mean())
+    return LpipsTo(y, net)(x)
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pdc.imageio import load_tensor
-from pdc.metrics.perceptual import extract_patches, fid_from_features, kid_from_features, lpips
+from pdc.errors import MetricError
+from pdc.metrics.perceptual import LpipsTo, extract_patches, fid_from_features, kid_from_features, lpips, lpips_model
 
 
 def test_lpips_alex_reference_distances(lpips_reference):
@@ -22,6 +23,25 @@ def test_lpips_alex_reference_distances(lpips_reference):
 def test_lpips_identical_is_zero(lpips_reference):
     ref = load_tensor(lpips_reference / "ex_ref.png")
     assert lpips(ref, ref) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_cached_reference_matches_the_library_forward(net):
+    torch.manual_seed(0)
+    reference = torch.rand(1, 3, 64, 96)
+    candidates = [reference.roll(1, dims=-1), (reference + 0.1 * torch.randn_like(reference)).clamp(0, 1)]
+    scorer = LpipsTo(reference, net)
+    for x in candidates:  # the reference's features are reused across calls
+        expected = float(lpips_model(net)(x * 2 - 1, reference * 2 - 1, normalize=False).mean())
+        assert scorer(x) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    batch = torch.cat(candidates)
+    per_image = LpipsTo(reference.expand_as(batch), net).distances(batch)
+    assert per_image.tolist() == pytest.approx([scorer(x) for x in candidates], rel=1e-5)
+
+
+def test_cached_reference_refuses_another_size():
+    with pytest.raises(MetricError, match="differ in size"):
+        LpipsTo(torch.rand(1, 3, 64, 64))(torch.rand(1, 3, 64, 32))
 
 
 def test_patches_include_the_shifted_grid():
