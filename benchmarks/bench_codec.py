@@ -15,6 +15,7 @@ default model is freshly initialised from a ``params.yaml`` profile (``tiny``).
     .venv/bin/python benchmarks/bench_codec.py                         # tiny profile, Kodak kodim01 or astronaut
     .venv/bin/python benchmarks/bench_codec.py --model models/set --steps 2,4,6,8,16 --json bench.json
     .venv/bin/python benchmarks/bench_codec.py --device cuda --profile paper
+    .venv/bin/python benchmarks/bench_codec.py --model models/set --steps 3 --pick --train-steps 0   # λ pick cost
 """
 
 from __future__ import annotations
@@ -70,34 +71,42 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
     return time.perf_counter() - t0, out
 
 
-def bench_modes(model, x: torch.Tensor, steps: list[int], repeats: int, device: torch.device) -> dict:
-    """Medians of encode/decode seconds per configuration, interleaved over ``repeats`` rounds."""
-    from pdc.codec import compress, decompress
+def bench_modes(model, x: torch.Tensor, steps: list[int], repeats: int, device: torch.device,
+                pick: bool = False) -> dict:
+    """Medians of encode/decode seconds per configuration, interleaved over ``repeats`` rounds.
 
-    configs = [(Mode.CODEC, 0), (Mode.E2E, 0)] + [(m, k) for k in steps for m in (Mode.DIFFUSION, Mode.CORRDIFF)]
-    samples: dict[tuple[Mode, int], dict[str, list[float]]] = {c: {"enc": [], "dec": []} for c in configs}
-    info: dict[tuple[Mode, int], dict] = {}
+    ``pick``: add a "pick" row per K, CorrDiff encoded with the default :class:`pdc.codec.LambdaPick`
+    (same decoder, so its decode time is CorrDiff's; its encode time is the search's cost)."""
+    from pdc.codec import LambdaPick, compress, decompress
+
+    diffusion_based = [("diffusion", Mode.DIFFUSION), ("corrdiff", Mode.CORRDIFF)]
+    if pick:
+        diffusion_based.append(("pick", Mode.CORRDIFF))
+    configs = [("codec", Mode.CODEC, 0), ("e2e", Mode.E2E, 0)] + [(n, m, k) for k in steps for n, m in diffusion_based]
+    samples: dict[tuple[str, Mode, int], dict[str, list[float]]] = {c: {"enc": [], "dec": []} for c in configs}
+    info: dict[tuple[str, Mode, int], dict] = {}
     # Warm-up (allocator, oneDNN/cuDNN kernel selection) on the smallest K: not timed.
     for mode in (Mode.CODEC, Mode.CORRDIFF):
         decompress(model, compress(model, x, mode=mode, steps=min(steps)).data)
     for _ in range(repeats):
-        for mode, k in configs:
-            t_enc, enc = timed(lambda: compress(model, x, mode=mode, steps=k or None), device)
+        for name, mode, k in configs:
+            chooser = LambdaPick() if name == "pick" else None
+            t_enc, enc = timed(lambda: compress(model, x, mode=mode, steps=k or None, pick=chooser), device)
             t_dec, rec = timed(lambda: decompress(model, enc.data), device)
-            samples[(mode, k)]["enc"].append(t_enc)
-            samples[(mode, k)]["dec"].append(t_dec)
-            info[(mode, k)] = {
+            samples[(name, mode, k)]["enc"].append(t_enc)
+            samples[(name, mode, k)]["dec"].append(t_dec)
+            info[(name, mode, k)] = {
                 "bytes": len(enc.data),
                 "lambda_bytes": enc.lambda_bytes,
                 "max_abs_diff": float((rec - enc.reconstruction).abs().max()),
             }
     mp = x.shape[-1] * x.shape[-2] / 1e6
     out = {}
-    for (mode, k), s in samples.items():
+    for (name, mode, k), s in samples.items():
         enc, dec = statistics.median(s["enc"]), statistics.median(s["dec"])
-        out[f"{mode.name.lower()}@{k}"] = {"mode": mode.name.lower(), "steps": k, "encode_s": enc, "decode_s": dec,
+        out[f"{name}@{k}"] = {"mode": name, "steps": k, "encode_s": enc, "decode_s": dec,
                                            "encode_s_per_mp": enc / mp, "decode_s_per_mp": dec / mp,
-                                           **info[(mode, k)]}
+                                           **info[(name, mode, k)]}
     return out
 
 
@@ -207,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=4, help="timed steps per training stage (0: skip)")
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-crop", type=int, default=128)
+    ap.add_argument("--pick", action="store_true",
+                    help="add CorrDiff encoded with the perceptual λ pick (pdc compress --pick) at every K")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
 
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "megapixels": img.shape[0] * img.shape[1] / 1e6, "device": str(device), "threads": torch.get_num_threads(),
         "repeats": args.repeats, "steps": steps,
     }
-    res["modes"] = bench_modes(model, x, steps, args.repeats, device)
+    res["modes"] = bench_modes(model, x, steps, args.repeats, device, pick=args.pick)
     if args.train_steps > 0:
         res["training"] = bench_training(model, x, args.train_steps, args.train_batch, args.train_crop, device)
     res["wall_s"] = time.perf_counter() - t_start
