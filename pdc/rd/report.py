@@ -265,6 +265,9 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
     compare("corrdiff_vs_diffusion_psnr", _curve(corr, "psnr"), "corrdiff", "diffusion", "psnr")
     compare("corrdiff_vs_e2e_lpips", _curve(corr, "lpips"), "corrdiff", "e2e", "lpips")
     compare("corrdiff_vs_jpeg_lpips", _curve(corr, "lpips"), "corrdiff", "jpeg", "lpips")
+    # VGG beside alex: alex is the headline, but the two backbones rank JPEG's low-rate blocks very
+    # differently, and VGG is part of the diffusion's training loss: neither alone settles it.
+    compare("corrdiff_vs_jpeg_lpips_vgg", _curve(corr, "lpips_vgg"), "corrdiff", "jpeg", "lpips_vgg")
     if CONTROL_KEY in sys:
         for metric in ("lpips", "lpips_vgg"):
             compare(f"corrdiff_vs_e2e_noise_{metric}", _curve(corr, metric), "corrdiff", CONTROL_KEY, metric)

@@ -194,11 +194,12 @@ def test_bd_rate_json_reports_value_or_reason(cli_run):
     comps = bd["comparisons"]
     assert {"corrdiff_vs_diffusion_psnr", "corrdiff_vs_e2e_lpips", "corrdiff_gamma_front_vs_diffusion_psnr",
             "corrdiff_gamma_front_vs_e2e_lpips", "corrdiff_vs_jpeg_lpips", "corrdiff_vs_e2e_noise_lpips",
-            "corrdiff_vs_e2e_noise_lpips_vgg"} <= set(comps)
+            "corrdiff_vs_e2e_noise_lpips_vgg", "corrdiff_vs_jpeg_lpips_vgg"} <= set(comps)
     for res in comps.values():
         assert (res["value"] is None) != (res["reason"] is None)
         assert len(res["curves"]["anchor"]) == _expected_points()[res["anchor"]]
     assert comps["corrdiff_vs_jpeg_lpips"]["anchor"] == "jpeg"
+    assert comps["corrdiff_vs_jpeg_lpips_vgg"]["metric"] == "lpips_vgg"
     assert comps["corrdiff_vs_e2e_noise_lpips"]["anchor"] == CONTROL
     dp = bd["distortion_perception"]
     assert set(dp) == {"r0", "r1"}
