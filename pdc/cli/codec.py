@@ -73,7 +73,7 @@ def compress(
     recon: Annotated[Path | None, typer.Option(help="Also write the reconstruction the decoder will produce.")] = None,
     pick: Annotated[bool, typer.Option(
         "--pick", help="Choose λ per step by LPIPS-VGG within 0.1 dB of the least-squares PSNR instead of by least "
-                       "squares (encoder only, ≈ 9× slower to encode; any decoder reads the result).")] = False,
+                       "squares (encoder only, ≈ 10× slower to encode; any decoder reads the result).")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Compress one image into a versioned .pdc stream."""
