@@ -105,8 +105,7 @@ def bench_modes(model, x: torch.Tensor, steps: list[int], repeats: int, device: 
     for (name, mode, k), s in samples.items():
         enc, dec = statistics.median(s["enc"]), statistics.median(s["dec"])
         out[f"{name}@{k}"] = {"mode": name, "steps": k, "encode_s": enc, "decode_s": dec,
-                                           "encode_s_per_mp": enc / mp, "decode_s_per_mp": dec / mp,
-                                           **info[(name, mode, k)]}
+                              "encode_s_per_mp": enc / mp, "decode_s_per_mp": dec / mp, **info[(name, mode, k)]}
     return out
 
 
