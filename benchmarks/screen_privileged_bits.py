@@ -36,7 +36,7 @@ from tqdm import tqdm
 from pdc.codec import code_latent
 from pdc.imageio import image_files, read_image, uint8_to_tensor
 from pdc.metrics import psnr
-from pdc.metrics.perceptual import lpips
+from pdc.metrics.perceptual import LpipsTo
 from pdc.models.correction import correction_direction, lowpass
 from pdc.models.package import CorrDiffModel, load_package
 from pdc.models.sampler import SampleResult, correctable_steps, sample
@@ -72,6 +72,8 @@ class _Image:
         s = model.config.diffusion.residual_scale
         self.r_e, self.r0 = (self.x_e - self.x_base) * s, (self.padded - self.x_base) * s
         self.coded = correctable_steps(model.config.correction, model.config.diffusion.steps)
+        # Every row scores against this one original: its LPIPS features once, not once per candidate.
+        self.alex, self.vgg = LpipsTo(x, "alex"), LpipsTo(x, "vgg")
 
     def run(self, **kw) -> SampleResult:
         m, dcfg = self.model, self.model.config.diffusion
@@ -95,8 +97,7 @@ class _Image:
     def score(self, image: torch.Tensor) -> dict[str, float]:
         h, w = self.x.shape[-2:]
         image = image[..., :h, :w].clamp(0, 1)
-        return {"psnr": psnr(image, self.x), "lpips": lpips(image, self.x),
-                "lpips_vgg": lpips(image, self.x, net="vgg")}
+        return {"psnr": psnr(image, self.x), "lpips": self.alex(image), "lpips_vgg": self.vgg(image)}
 
 
 def _screen(img: _Image, tiles: list[int], grid: bool) -> tuple[dict[str, dict], float]:

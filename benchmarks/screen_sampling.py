@@ -13,7 +13,6 @@ into params.yaml and the correction stage re-fits the λ tables for them.
 
 from __future__ import annotations
 
-
 import torch
 from tqdm import tqdm
 
