@@ -9,7 +9,7 @@ bpp      8 × (bytes actually written) / (H × W) of the original image
 PSNR     on 8-bit RGB: both images rounded to 0..255, MSE over all pixels and channels,
          10·log10(255² / MSE); ``inf`` for identical images
 MS-SSIM  Wang et al. 2003: 5 scales, 11×11 Gaussian σ=1.5, K1=0.01, K2=0.03, weights
-         (0.0448, 0.2856, 0.3001, 0.2363, 0.1333); needs both sides ≥ 161 px
+         (0.0448, 0.2856, 0.3001, 0.2363, 0.1333); needs both sides ≥ 161 px (pytorch-msssim, float64)
 LPIPS    Zhang et al. 2018 v0.1, AlexNet (default) or VGG16 backbone, inputs scaled to [-1, 1]
 FID/KID  InceptionV3 pool features of 256×256 patches (HiFiC / MS-ILLM protocol), see
          :mod:`pdc.metrics.fid`
@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from pdc.errors import MetricError
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _WIN_SIZE = 11
 _WIN_SIGMA = 1.5
+_K = (0.01, 0.03)
 #: Smallest side MS-SSIM accepts: the 11-px window must still fit after 4 halvings.
 MS_SSIM_MIN_SIDE = (_WIN_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1
 
@@ -64,50 +64,15 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return sum(vals) / len(vals)
 
 
-def _gaussian_window(channels: int, device: torch.device) -> torch.Tensor:
-    coords = torch.arange(_WIN_SIZE, dtype=torch.float64, device=device) - _WIN_SIZE // 2
-    g = torch.exp(-(coords**2) / (2 * _WIN_SIGMA**2))
-    g = g / g.sum()
-    return g.repeat(channels, 1, 1, 1)  # (C, 1, 1, win): separable, used along H then W
-
-
-def _blur(x: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1]
-    x = F.conv2d(x, win, groups=c)  # along W ("valid")
-    return F.conv2d(x, win.transpose(2, 3), groups=c)  # along H
-
-
-def _ssim_terms(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image mean SSIM and contrast-structure terms (data range 1)."""
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = _blur(x, win), _blur(y, win)
-    sxx = _blur(x * x, win) - mu_x**2
-    syy = _blur(y * y, win) - mu_y**2
-    sxy = _blur(x * y, win) - mu_x * mu_y
-    cs_map = (2 * sxy + c2) / (sxx + syy + c2)
-    ssim_map = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)) * cs_map
-    return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
-
-
 def ms_ssim(x: torch.Tensor, y: torch.Tensor) -> float:
-    """MS-SSIM of RGB images in [0, 1] (per channel, averaged over channels and batch)."""
+    """MS-SSIM of RGB images in [0, 1] (per channel, averaged over channels and batch), by pytorch-msssim
+    with the parameters above on float64 images (its window is float32: ±2e-6 of a float64 window)."""
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
     x, y = _pair(x, y)
     h, w = x.shape[-2:]
     if min(h, w) < MS_SSIM_MIN_SIDE:
         raise MetricError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE}x{MS_SSIM_MIN_SIDE} px, got {w}x{h}")
-    x, y = x.double(), y.double()
-    win = _gaussian_window(x.shape[1], x.device)
-    weights = torch.tensor(MS_SSIM_WEIGHTS, dtype=torch.float64, device=x.device)
-    levels = []
-    for level in range(len(MS_SSIM_WEIGHTS)):
-        ssim, cs = _ssim_terms(x, y, win)
-        if level < len(MS_SSIM_WEIGHTS) - 1:
-            levels.append(torch.relu(cs))
-            # Odd sizes: zero-pad by one before halving (the convention of pytorch-msssim/TF).
-            pad = (x.shape[2] % 2, x.shape[3] % 2)
-            x = F.avg_pool2d(x, 2, padding=pad)
-            y = F.avg_pool2d(y, 2, padding=pad)
-    levels.append(torch.relu(ssim))
-    stack = torch.stack(levels, dim=0)  # (levels, N, C)
-    val = torch.prod(stack ** weights.view(-1, 1, 1), dim=0)
-    return float(val.mean())
+    val = _ms_ssim(x.double(), y.double(), data_range=1.0, size_average=True, win_size=_WIN_SIZE,
+                   win_sigma=_WIN_SIGMA, weights=list(MS_SSIM_WEIGHTS), K=_K)
+    return float(val)
