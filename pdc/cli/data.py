@@ -7,14 +7,13 @@ Parsing and printing only; the work is done by :mod:`pdc.data`.  Errors are :cla
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pdc.imageio import MAX_PIXELS
+from pdc.progress import progress_callback
 
 if TYPE_CHECKING:
     from pdc.data.validate import Report
@@ -47,32 +46,14 @@ ReportOpt = Annotated[
     ),
 ]
 Root = Annotated[Path, typer.Option("--root", help="Folder holding the raw corpora (DVC-tracked).")]
+TestRoot = Annotated[
+    Path, typer.Option("--root", help="Folder holding the test sets (outside pipeline.data, never sharded).")
+]
 
 DEFAULT_MIN = 256
 
 
-@contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr, driven by a ``(done, total)`` callback."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+_progress = progress_callback  # tqdm, as every progress bar in pdc (pdc.progress)
 
 
 def _summarize(report: Report, report_path: Path, verb: str, strict: bool) -> None:
@@ -109,7 +90,13 @@ def init(
 def import_(
     src: Annotated[Path, typer.Argument(help="Folder of PNG/JPEG/WebP/TIFF images (searched recursively).")],
     name: Annotated[str | None, typer.Option("--name", help="Corpus name (default: the folder's name).")] = None,
-    root: Root = Path("data/raw"),
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Target folder of the corpora (default: data/raw, or data/test with --test)."),
+    ] = None,
+    test: Annotated[
+        bool, typer.Option("--test", help="A test set: goes to data/test/NAME, never into pipeline.data.")
+    ] = False,
     min_size: MinSize = DEFAULT_MIN,
     max_pixels: MaxPixels = MAX_PIXELS,
     report: ReportOpt = None,
@@ -118,7 +105,10 @@ def import_(
     """Copy a folder of images into <root>/NAME as 8-bit RGB PNG, converting or rejecting each file.
 
     The target folder is replaced as a whole, atomically. Every file's outcome goes to the JSON report.
+    Training corpora go to data/raw (pipeline.data); test sets (--test) to data/test, and a test set
+    inside pipeline.data is refused.
     """
+    from pdc.data.testsets import TEST_ROOT, TRAINING_ROOT, refuse_test_set_inside_training
     from pdc.data.validate import default_report_path, import_folder, write_report
 
     corpus = name or src.resolve().name
@@ -126,6 +116,9 @@ def import_(
         from pdc.errors import DataError
 
         raise DataError(f"invalid corpus name {corpus!r}")
+    root = root if root is not None else TEST_ROOT if test else TRAINING_ROOT
+    if test:
+        refuse_test_set_inside_training(root / corpus)
     with _progress(f"import {corpus}") as cb:
         rep = import_folder(src, root / corpus, min_size=min_size, max_pixels=max_pixels, progress=cb)
     path = report or default_report_path(corpus)
@@ -140,11 +133,13 @@ def fetch(
         Path | None,
         typer.Option("--from", help="Take the files from this local folder (or the CLIC zip) instead of downloading."),
     ] = None,
-    root: Root = Path("data/raw"),
+    root: TestRoot = Path("data/test"),
     sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 of the CLIC 2020 zip.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Network timeout in seconds.")] = 30.0,
 ) -> None:
-    """Download a standard test set into <root>/DATASET, verifying checksums.
+    """Download a standard test set into <root>/DATASET (default data/test/DATASET), verifying checksums.
+
+    Test sets stay out of the training corpus: a <root> inside pipeline.data is refused.
 
     kodak: the 24 kodimNN.png from r0k.us, each checked against a shipped SHA-256 table.
     clic2020: the CLIC 2020 professional validation zip; its SHA-256 is printed (not yet pinned).
@@ -193,9 +188,17 @@ def shards(
     ] = 0.1,
     min_size: MinSize = DEFAULT_MIN,
     max_pixels: MaxPixels = MAX_PIXELS,
+    test_set: Annotated[
+        list[Path] | None,
+        typer.Option("--test-set", help="Another folder of test images (repeatable; data/test is always checked)."),
+    ] = None,
     strict: Strict = False,
 ) -> None:
-    """Write byte-reproducible WebDataset train/val shards and manifest.json."""
+    """Write byte-reproducible WebDataset train/val shards and manifest.json.
+
+    An image equal by pixels to one of the test sets (every image under data/test, plus --test-set
+    folders) is refused with both files named, and nothing is written.
+    """
     from pdc.data.shards import build_shards
 
     with _progress("shards") as cb:
@@ -206,6 +209,7 @@ def shards(
             val_fraction=val_fraction,
             min_size=min_size,
             max_pixels=max_pixels,
+            test_sets=test_set or (),
             progress=cb,
         )
     c = manifest["counts"]

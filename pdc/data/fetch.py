@@ -8,6 +8,9 @@
   to ``<dest>/.source.json`` (pass ``expected_sha256`` / ``--sha256`` to enforce one).  Its images are then
   normalized like ``pdc data import``.
 
+Both are test sets: they land in ``data/test/<name>``, outside the training corpus (``pipeline.data``);
+a destination inside it is refused (:mod:`pdc.data.testsets`).
+
 With ``from_dir`` nothing is downloaded: the files (Kodak PNGs; for CLIC either the zip or the extracted
 images) are taken from a local folder and checked the same way.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pdc.fsutil import sha256_file, staging_dir, write_file
+from pdc.data.testsets import TEST_ROOT, refuse_test_set_inside_training
 from pdc.data.validate import DEFAULT_MIN_SIZE, Report, import_folder
 from pdc.errors import DataError
 from pdc.imageio import DATASET_SUFFIXES
@@ -209,14 +213,22 @@ def fetch_clic2020(
 
 def fetch_dataset(
     name: str,
-    dest_root: Path = Path("data/raw"),
+    dest_root: Path = TEST_ROOT,
     *,
     from_dir: Path | None = None,
     expected_sha256: str | None = None,
     timeout: float = 30.0,
     progress: Progress | None = None,
+    training_root: Path | None = None,
 ) -> FetchResult:
-    """Fetch ``kodak`` or ``clic2020`` into ``dest_root/<name>``; see the module docs for the checks."""
+    """Fetch ``kodak`` or ``clic2020`` into ``dest_root/<name>`` (default ``data/test/<name>``); see the
+    module docs for the checks.
+
+    These are test sets: a destination inside the training corpus (``training_root``; default: the
+    project's ``pipeline.data``) is refused before anything is downloaded or written.
+    """
+    if name in DATASETS:
+        refuse_test_set_inside_training(Path(dest_root) / name, training_root)
     if name == "kodak":
         if expected_sha256:
             raise DataError("--sha256 applies to clic2020 only (Kodak files are checked one by one)")

@@ -24,7 +24,9 @@ with the same seed, rank and worker counts sees the same batches.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -138,8 +140,32 @@ class _FolderCrops(_Batches):
                 yield read_image(mine[i])
 
 
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    import fsspec
+
+    return fsspec.open(url, mode).open()
+
+
+def _register_fsspec_scheme(url: str) -> None:
+    """Let ``webdataset.gopen`` open URLs of a scheme it has no handler for (``s3://``, ``gcs://``,
+    ``memory://`` …) through fsspec, as the manifest is read; pipe:, file://, http(s):// stay its own."""
+    from urllib.parse import urlparse
+
+    from webdataset.gopen import gopen_schemes
+
+    scheme = urlparse(url).scheme
+    if scheme and scheme not in ("file", "pipe") and scheme not in gopen_schemes:
+        gopen_schemes[scheme] = _gopen_fsspec
+
+
 class _ShardCrops(_Batches):
-    """Shards drawn with replacement (resampled), read as streams from a folder or a URL.
+    """Shards drawn with replacement, streamed and decoded by a WebDataset pipeline.
+
+    The pipeline is ``webdataset.ResampledShards`` (seeded by (seed, rank, worker) and the epoch) →
+    ``tarfile_to_samples`` → this slot's samples → decoded PNG, cut into epochs by ``with_epoch`` (one
+    epoch = as many samples as the slot owns; each epoch draws its shards afresh). ``webdataset.WebDataset
+    (resampled=True)`` builds the same chain but seeds its shard draws from the pid and the clock, so
+    runs would not repeat.
 
     With at least as many shards as slots each slot owns whole shards (``shards[slot::slots]``);
     otherwise every slot reads every shard and keeps the samples whose global index (manifest order)
@@ -150,23 +176,51 @@ class _ShardCrops(_Batches):
         super().__init__(*args)
         self.location, self.shards = location, shards
 
-    def _images(self, slot: int, slots: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-        from webdataset.tariterators import group_by_keys, tar_file_expander
+    def pipeline(self, slot: int, slots: int):
+        """The WebDataset pipeline of one reader slot: an endless stream of decoded images per epoch."""
+        import webdataset as wds
 
-        offsets = np.cumsum([0] + [int(e["samples"]) for e in self.shards])
         by_shard = len(self.shards) >= slots
         mine = list(range(slot, len(self.shards), slots)) if by_shard else list(range(len(self.shards)))
+        urls = [self.location.url(self.shards[k]["name"]) for k in mine]
+        _register_fsspec_scheme(urls[0])
+        offsets = {self.location.url(e["name"]): int(o) for e, o in
+                   zip(self.shards, np.cumsum([0] + [int(e["samples"]) for e in self.shards]))}
+        total = sum(int(e["samples"]) for e in self.shards)
+        digest = hashlib.sha256(f"{self.seed},{self.rank},{slot},{slots}".encode()).digest()
+        slot_seed = int.from_bytes(digest[:4], "big")
+        owned = sum(int(self.shards[k]["samples"]) for k in mine) if by_shard else len(range(slot, total, slots))
+
+        def keep_mine(samples: Iterator[dict]) -> Iterator[dict]:
+            # Position of each sample in its shard: a new shard starts when the URL changes or a key
+            # comes back (the same shard drawn again; keys are unique within a shards folder).
+            url, seen = None, set()
+            for sample in samples:
+                if sample["__url__"] != url or sample["__key__"] in seen:
+                    url, seen = sample["__url__"], set()
+                j = len(seen)
+                seen.add(sample["__key__"])
+                if "png" in sample and (by_shard or (offsets[url] + j) % slots == slot):
+                    yield sample
+
+        def raise_data_error(exn: Exception) -> bool:
+            url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in offsets), None)
+            raise DataError(f"{url or self.location.source}: cannot read shard ({exn.args[0] if exn.args else exn})")
+
+        return wds.DataPipeline(
+            wds.ResampledShards(urls, seed=0, worker_seed=lambda: slot_seed, deterministic=True),
+            wds.tarfile_to_samples(handler=raise_data_error),
+            keep_mine,
+            wds.map(lambda sample: decode_png_bytes(sample["png"])),
+        ).with_epoch(owned)
+
+    def _images(self, slot: int, slots: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        pipeline = self.pipeline(slot, slots)
         while True:
-            k = mine[int(rng.integers(0, len(mine)))]
-            name = self.shards[k]["name"]
             try:
-                with self.location.open(name) as stream:
-                    samples = group_by_keys(tar_file_expander([{"url": self.location.url(name), "stream": stream}]))
-                    for j, sample in enumerate(samples):
-                        if "png" in sample and (by_shard or (offsets[k] + j) % slots == slot):
-                            yield decode_png_bytes(sample["png"])
-            except (OSError, ValueError) as exc:  # a failed pipe: command, a truncated or foreign tar
-                raise DataError(f"{self.location.url(name)}: cannot read shard ({exc})") from None
+                yield from pipeline
+            except (OSError, ValueError, tarfile.TarError) as exc:  # a failed pipe: command, a truncated tar
+                raise DataError(f"{self.location.source}: cannot read shards ({exc})") from None
 
 
 class BatchStream:

@@ -9,24 +9,27 @@
   converted as in :mod:`pdc.data.validate` and encoded with :func:`pdc.imageio.encode_png`) and
   ``<key>.json`` (source path and size).  The key is the relative path without its suffix, with dots
   in the file name replaced by ``_`` (WebDataset splits keys at the first dot of the name).
-* **Bytes**: tar members carry fixed metadata (mtime 2000-01-01, uid/gid 0, no user/group names, mode
-  0444), so two runs on the same input give byte-identical shards.
-* **Atomicity**: the output folder is built next to ``out`` and renamed over it in one step.
+* **Bytes**: written by ``webdataset.ShardWriter`` with fixed member metadata (mtime 2000-01-01, uid/gid
+  0, no user/group names, mode 0444), so two runs on the same input give byte-identical shards (the
+  same bytes the earlier hand-written tarfile writer produced).
+* **No test images**: an image equal by pixels to one of the known test sets (``data/test/*`` and any
+  folder passed as ``test_sets``) is refused, with both files named (:mod:`pdc.data.testsets`).
+* **Atomicity**: the output folder is built next to ``out`` and renamed over it in one step; a refused
+  build leaves ``out`` as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from pdc import __version__
 from pdc.fsutil import list_files, sha256_file, staging_dir, tree_hash, write_file
+from pdc.data.testsets import pixel_hash  # noqa: F401  (re-exported: the one pixel-identity function)
 from pdc.data.validate import DEFAULT_MIN_SIZE, inspect_file
 from pdc.errors import DataError
 from pdc.imageio import MAX_PIXELS, encode_png
@@ -62,52 +65,41 @@ def sample_key(rel: str) -> str:
     return str(p.parent / stem) if str(p.parent) != "." else stem
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    ti = tarfile.TarInfo(name)
-    ti.size = len(data)
-    ti.mtime = TAR_MTIME
-    ti.mode = 0o444
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.type = tarfile.REGTYPE
-    tar.addfile(ti, io.BytesIO(data))
-
-
 class _ShardSink:
-    """Writes samples into ``<split>-NNNNNN.tar`` files of ``shard_size`` samples each."""
+    """``<split>-NNNNNN.tar`` files of ``shard_size`` samples each, through ``webdataset.ShardWriter``.
+
+    The writer is opened on the first sample (an empty split has no shard file), with fixed member
+    metadata and no encoding (the samples are bytes already).
+    """
 
     def __init__(self, folder: Path, split: str, shard_size: int) -> None:
         self.folder, self.split, self.shard_size = folder, split, shard_size
-        self.shards: list[dict] = []
-        self._tar: tarfile.TarFile | None = None
-        self._n = 0
+        self.samples: list[int] = []
+        self._writer = None
 
     def add(self, key: str, png: bytes, meta: dict) -> None:
-        if self._tar is None:
-            name = f"{self.split}-{len(self.shards):06d}.tar"
-            # closed in _close(), once shard_size samples are in (or at the end)
-            self._tar = tarfile.open(  # noqa: SIM115
-                self.folder / name, "w", format=tarfile.PAX_FORMAT, encoding="utf-8"
-            )
-            self.shards.append({"name": name})
-            self._n = 0
-        _add_member(self._tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-        _add_member(self._tar, f"{key}.png", png)
-        self._n += 1
-        if self._n >= self.shard_size:
-            self._close()
+        if self._writer is None:
+            import webdataset as wds
 
-    def _close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
-            entry = self.shards[-1]
-            path = self.folder / entry["name"]
-            entry.update(samples=self._n, bytes=path.stat().st_size, sha256=sha256_file(path))
+            pattern = str(self.folder).replace("%", "%%") + f"/{self.split}-%06d.tar"
+            self._writer = wds.ShardWriter(
+                pattern, maxcount=self.shard_size, maxsize=float("inf"), verbose=0, encoder=False,
+                user="", group="", mode=0o444, mtime=TAR_MTIME,
+            )
+        if not self.samples or self.samples[-1] >= self.shard_size:
+            self.samples.append(0)
+        self._writer.write({"__key__": key, "json": json.dumps(meta, sort_keys=True).encode(), "png": png})
+        self.samples[-1] += 1
 
     def close(self) -> list[dict]:
-        self._close()
-        return self.shards
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        shards = []
+        for i, n in enumerate(self.samples):
+            path = self.folder / f"{self.split}-{i:06d}.tar"
+            shards.append({"name": path.name, "samples": n, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        return shards
 
 
 def build_shards(
@@ -118,12 +110,15 @@ def build_shards(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = MAX_PIXELS,
+    test_sets: Sequence[Path] = (),
     progress: Progress | None = None,
 ) -> dict:
     """Write train/val shards of every usable image under ``src`` into ``out``; return the manifest.
 
     Unusable files are skipped and listed under ``"rejected"`` in the manifest with their reason.
-    Raises :class:`DataError` for a missing source, bad parameters or when no image is usable.
+    Raises :class:`DataError` for a missing source, bad parameters, when no image is usable, or when an
+    image equals by pixels an image of the known test sets (``data/test`` when it exists, plus the
+    folders in ``test_sets``); nothing is written then.
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -133,6 +128,11 @@ def build_shards(
     split_of("x", val_fraction)  # validates the fraction
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise DataError(f"{out}: the shards folder must not be inside the source folder {src}")
+    from pdc.data.testsets import clash_message, find_known, folder_pixel_hashes, known_test_sets
+
+    test_folders = known_test_sets(test_sets)
+    test_images = folder_pixel_hashes(test_folders)
+    clashes: list[tuple[str, str]] = []
     files = [r.as_posix() for r in list_files(src)]
     order = sorted(files, key=lambda r: (_path_digest(r), r))
     by_split = {s: [r for r in order if split_of(r, val_fraction) == s] for s in SPLITS}
@@ -151,6 +151,8 @@ def build_shards(
                     res.status, res.reason = "rejected", f"sample key {key} already used by {keys[key]}"
                 if pixels is None or res.status == "rejected":
                     rejected.append({"path": rel, "reason": res.reason})
+                elif test_images and (clash := find_known([(str(src / rel), pixels)], test_images)):
+                    clashes += clash
                 else:
                     keys[key] = rel
                     if res.format == "PNG" and res.status == "ok":
@@ -163,6 +165,10 @@ def build_shards(
                 if progress:
                     progress(done, len(files))
             shards[split] = sink.close()
+        if clashes:
+            raise DataError(clash_message(
+                clashes, len(files), "test image",
+                f"test images must not enter training shards (remove it from {src}); no shards written"))
         if not keys:
             raise DataError(f"{src}: no usable image among {len(files)} file(s); no shards written")
         manifest = {
@@ -211,44 +217,28 @@ def verify_shards(folder: Path) -> list[str]:
     return bad
 
 
-def read_split(folder: Path, split: str = "val") -> list[tuple[str, np.ndarray]]:
-    """Decoded images ``(name, uint8 H×W×3)`` of one split of a shards folder, in manifest order.
+def iter_split(folder: Path, split: str = "val") -> Iterator[tuple[str, str, np.ndarray]]:
+    """``(shard name, source path, uint8 H×W×3)`` of every sample of one split, in manifest order.
 
-    The name is the sample's original relative path (its ``.json`` metadata), so reports can name it.
+    The source path is the sample's original relative path (its ``.json`` metadata), so reports can
+    name it.
     """
+    import webdataset as wds
+
     from pdc.data.loader import decode_png_bytes
 
     manifest = read_manifest(folder)
-    out = []
     for entry in manifest["shards"].get(split, []):
-        with tarfile.open(Path(folder) / entry["name"]) as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            for name in sorted(n for n in members if n.endswith(".png")):
-                key = name[: -len(".png")]
-                meta = members.get(f"{key}.json")
-                rel = json.loads(tar.extractfile(meta).read()).get("path", key) if meta else key
-                out.append((rel, decode_png_bytes(tar.extractfile(members[name]).read())))
-    return out
+        shard = wds.DataPipeline(wds.SimpleShardList([str(Path(folder) / entry["name"])]), wds.tarfile_to_samples())
+        # by member name within a shard (the order this function has always had)
+        for sample in sorted((s for s in shard if "png" in s), key=lambda s: f"{s['__key__']}.png"):
+            meta = json.loads(sample["json"]) if "json" in sample else {}
+            yield entry["name"], meta.get("path", sample["__key__"]), decode_png_bytes(sample["png"])
 
 
-def pixel_hash(image: np.ndarray) -> str:
-    """Content hash of decoded pixels (shape + bytes): the same photo in another container matches."""
-    h = hashlib.sha256(repr(tuple(image.shape)).encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
-
-
-def training_pixel_hashes(source: Path) -> dict[str, str]:
-    """pixel hash → name of every image a model trains on from ``source`` (a shards folder's train split,
-    or the train split of an image folder, as :func:`pdc.data.loader.make_loader` reads it)."""
-    source = Path(source)
-    if (source / MANIFEST).is_file():
-        return {pixel_hash(img): name for name, img in read_split(source, "train")}
-    from pdc.data.loader import list_images
-    from pdc.imageio import read_image
-
-    rels = [f.relative_to(source).as_posix() for f in list_images(source)]
-    return {pixel_hash(read_image(source / r)): r for r in rels if split_of(r) == "train"}
+def read_split(folder: Path, split: str = "val") -> list[tuple[str, np.ndarray]]:
+    """Decoded images ``(source path, uint8 H×W×3)`` of one split of a shards folder, in manifest order."""
+    return [(rel, img) for _, rel, img in iter_split(folder, split)]
 
 
 # ----------------------------------------------------------------------------------------------------

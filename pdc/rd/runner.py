@@ -23,12 +23,12 @@ Everything is written into a staging folder next to ``out`` and renamed into pla
 
 from __future__ import annotations
 
+import hashlib
 import math
-import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +75,34 @@ def load_test_images(source: Path, limit: int | None = None) -> list[tuple[str, 
     return [(p.name, read_image(p)) for p in list_images(source, "test images")[: limit or None]]
 
 
-def refuse_training_images(named: Sequence[tuple[str, np.ndarray]], training_data: Path) -> None:
-    """Raise :class:`DataError` if any test image is (pixel for pixel) one the model trained on."""
-    from pdc.data.shards import pixel_hash, training_pixel_hashes
+def refuse_training_images(named: Sequence[tuple[str, np.ndarray]], training_data: Path,
+                           val_fraction: float | None = None) -> None:
+    """Raise :class:`DataError` (one line, both files named) if any test image is, pixel for pixel, one the
+    model trained on (:func:`pdc.data.testsets.refuse_known_images`)."""
+    from pdc.data.testsets import refuse_known_images
 
-    seen = training_pixel_hashes(training_data)
-    clash = [(name, seen[h]) for name, img in named if (h := pixel_hash(img)) in seen]
-    if clash:
-        pairs = ", ".join(f"{a} = {b}" for a, b in clash[:3]) + (" …" if len(clash) > 3 else "")
-        raise DataError(f"{len(clash)} of {len(named)} test image(s) are training images of {training_data} "
-                        f"({pairs}): evaluate on images the model never saw (the shards' val split or another folder)")
+    refuse_known_images(named, training_data, val_fraction)
+
+
+def _labels(source: Path, named: Sequence[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """Test images named by their file: ``folder/file`` for a folder, ``shards:path`` for a val split."""
+    from pdc.data.shards import MANIFEST
+
+    source = Path(source)
+    if (source / MANIFEST).is_file():
+        return [(f"{source} (val) {name}", img) for name, img in named]
+    return [(str(source / name), img) for name, img in named]
+
+
+def images_digest(images: Iterable[np.ndarray]) -> str:
+    """Identity of a test set by content: SHA-256 over the images' pixel hashes, in order (the champion
+    rule compares two evaluations only when this, and the crop, agree: :mod:`pdc.promotion`)."""
+    from pdc.data.testsets import pixel_hash
+
+    h = hashlib.sha256()
+    for img in images:
+        h.update(pixel_hash(img).encode() + b"\n")
+    return h.hexdigest()
 
 
 def _center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -188,6 +206,7 @@ class _FidSet:
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.images: list[tuple[str, np.ndarray]] = []
+        self.paths: list[Path] = []
         skipped = 0
         for p in paths:
             img = read_image(p)
@@ -195,8 +214,13 @@ class _FidSet:
                 skipped += 1
                 continue
             self.images.append((p.stem, img))
+            self.paths.append(p)
         self.skipped = skipped
         self.reference: np.ndarray | None = None
+
+    def labelled(self) -> list[tuple[str, np.ndarray]]:
+        """``(file path, image)`` of every FID original (for the training-image check)."""
+        return [(str(p), img) for p, (_, img) in zip(self.paths, self.images)]
 
     def features(self, images: Sequence[np.ndarray], chunk: int = 64) -> np.ndarray:
         from pdc.metrics.perceptual import extract_patches, inception_features
@@ -282,14 +306,16 @@ def evaluate_model_set(
     systems: Sequence[str] | None = None,
     on_point: Callable[[Point], None] | None = None,
     training_data: Path | None = None,
+    training_val_fraction: float | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate every rate point of ``model_dir`` (a package or a model set) against the baselines.
 
     ``images``: test set — an image folder (e.g. Kodak) or a shards folder (its ``val`` split) —,
     ``limit`` first images, each centre-cropped to ``crop`` if given (0 or None: full images).
-    ``training_data``: what the model trained on (shards or folder); a test image whose pixels equal
-    a training image's is refused (:func:`refuse_training_images`).
+    ``training_data``: what the model trained on (shards: their train split; folder: its train split by
+    ``training_val_fraction``); a test or FID image whose pixels equal a training image's is refused, with
+    both files named, before anything is written (:func:`refuse_training_images`).
     ``fid_images``: FID/KID set (None: no FID), ``fid_limit`` first files, never cropped (images under
     256 px are skipped). ``gammas``: extra CorrDiff strengths, a sequence or a string such as
     ``"0.5,1.0"`` (None: 0.25/0.5/0.75 when the set has fewer than 4 rate points, else none; a γ equal
@@ -324,12 +350,13 @@ def evaluate_model_set(
     fid_paths = list_images(fid_images, "FID images")[: fid_limit or None] if fid_images is not None else []
     codecs = list(classic_codecs() if classic is None else classic)
     _check_out(out)
-    if training_data is not None:
-        refuse_training_images(named, training_data)
 
     test = [_center_crop(img, crop) for _, img in named]
     names = _stems([Path(n) for n, _ in named])
     fid_set = _FidSet(fid_paths) if fid_paths else None
+    if training_data is not None:
+        refuse_training_images(_labels(images, named) + (fid_set.labelled() if fid_set else []), training_data,
+                               training_val_fraction)
     if fid_set is not None and len(fid_set.images) == 0:
         raise DataError(f"{fid_images}: no image is at least {PATCH}×{PATCH} px (needed for FID patches)")
     fid_names = _stems([Path(n) for n, _ in fid_set.images]) if fid_set else []
@@ -352,10 +379,9 @@ def evaluate_model_set(
     classic_sys = classic_systems(codecs)
     n_points = len(members) * (len(learned) + (control is not None)) + sum(len(c.qualities) for c in codecs)
     n_fid = len(fid_set.images) if fid_set else 0
-    from tqdm.auto import tqdm
+    from pdc.progress import progress_bar
 
-    bar = tqdm(total=n_points * (len(test) + n_fid), desc="evaluate", unit="code",
-               disable=not progress or os.environ.get("PDC_NO_PROGRESS") == "1")
+    bar = progress_bar(n_points * (len(test) + n_fid), "evaluate", unit="code", enabled=progress)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -447,7 +473,8 @@ def evaluate_model_set(
                 "format": FORMAT,
                 "model": str(model_dir),
                 "rate_points": rate_info,
-                "images": {"folder": str(images), "count": len(test), "files": names, "crop": crop},
+                "images": {"folder": str(images), "count": len(test), "files": names, "crop": crop,
+                           "digest": images_digest(img for _, img in named)},
                 "fid_images": None if fid_set is None else {
                     "folder": str(fid_images), "count": len(fid_set.images), "skipped_under_256px": fid_set.skipped,
                     "protocol": "InceptionV3 pool features of 256×256 patches: aligned grid + grid shifted by 128 px",

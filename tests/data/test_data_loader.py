@@ -156,3 +156,35 @@ def test_a_bad_shard_url_names_itself(tmp_path):
         make_loader("pipe:cat /tmp/x", 16, 2)
     with pytest.raises(DataError, match=r"pipe:cat .*nowhere/manifest.json"):
         make_loader(f"pipe:cat {tmp_path}/nowhere/{{name}}", 16, 2)
+
+
+def test_shards_are_read_by_a_resampled_webdataset_pipeline(shards):
+    """The reader is webdataset's: ResampledShards (seeded, deterministic) → tarfile_to_samples, cut into
+    epochs by with_epoch; each epoch is one slot's worth of samples and draws its shards afresh."""
+    import webdataset as wds
+
+    dataset = make_loader(shards, 16, 1, seed=2).loader.dataset
+    pipe = dataset.pipeline(0, 1)
+    assert isinstance(pipe, wds.DataPipeline)
+    assert isinstance(pipe.pipeline[0], wds.ResampledShards) and pipe.pipeline[0].deterministic
+    owned = sum(e["samples"] for e in dataset.shards)
+    assert pipe.nsamples == owned
+    first = [img.tobytes() for img in pipe]
+    assert len(first) == owned
+    again = [img.tobytes() for img in dataset.pipeline(0, 1)]
+    assert first == again  # same seed, same epoch: same draws
+
+
+def test_shards_from_an_fsspec_filesystem(shards):
+    """A scheme webdataset cannot open itself (memory://, s3:// …) goes through fsspec."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for p in shards.iterdir():
+        fs.pipe(f"/pdc-test-shards/{p.name}", p.read_bytes())
+    try:
+        a = torch.cat([next(make_loader("memory://pdc-test-shards", 16, 2, seed=4)) for _ in range(1)])
+        b = torch.cat([next(make_loader(shards, 16, 2, seed=4)) for _ in range(1)])
+        assert torch.equal(a, b)
+    finally:
+        fs.rm("/pdc-test-shards", recursive=True)

@@ -399,9 +399,131 @@ def test_training_images_are_refused_as_test_images(model_set, tiny_images, tmp_
 
     trained = [p.name for p in sorted(tiny_images.glob("*.png")) if split_of(p.name) == "train"]
     assert trained, "fixture: at least one image falls in the train split"
-    with pytest.raises(DataError, match=rf"test image\(s\) are training images of .*{trained[0]}"):
+    with pytest.raises(DataError) as exc:
         evaluate_model_set(model_set, tiny_images, tmp_path / "e", training_data=tiny_images, classic=[], gammas=())
+    msg = str(exc.value)
+    path = tiny_images / trained[0]
+    assert "\n" not in msg and f"{path}: equal by pixels to training image {path}" in msg
     assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
+def _training_folder(tmp_path: Path, copy_of: Path) -> Path:
+    """A training corpus whose train split holds a losslessly re-encoded copy of ``copy_of``."""
+    from pdc.data.shards import split_of
+    from pdc.imageio import read_image
+
+    train = tmp_path / "train"
+    train.mkdir()
+    name = next(f"copy{i}.webp" for i in range(100) if split_of(f"copy{i}.webp") == "train")
+    Image.fromarray(read_image(copy_of)).save(train / name, lossless=True)
+    return train / name
+
+
+def test_fid_images_equal_to_training_images_are_refused(model_set, tiny_images, fid_images, tmp_path):
+    from pdc.errors import DataError
+    from pdc.rd import evaluate_model_set
+
+    fid_file = sorted(fid_images.glob("*.png"))[1]
+    copy = _training_folder(tmp_path, fid_file)
+    with pytest.raises(DataError) as exc:
+        evaluate_model_set(model_set, tiny_images, tmp_path / "e", fid_images=fid_images, training_data=copy.parent,
+                           classic=[], gammas=(), progress=False)
+    assert f"{fid_file}: equal by pixels to training image {copy}" in str(exc.value)
+    assert not (tmp_path / "e").exists()
+
+
+def _cli(args: list[str], cwd: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pdc.cli.main import app
+
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(app, args, env={"PDC_NO_PROGRESS": "1", "COLUMNS": "200"})
+
+
+QUICK = ["--limit", "1", "--crop", "64", "--no-fid", "--no-lpips", "--classic", "none", "--systems", "e2e",
+         "--gammas", "none", "--no-decode"]
+
+
+def test_cli_checks_the_projects_training_shards_by_default(model_set, tiny_images, tmp_path, monkeypatch):
+    """`pdc evaluate` without --training-data checks the project's shards (pipeline.shards) when built."""
+    from pdc.data.shards import build_shards
+
+    test_file = sorted(tiny_images.glob("*.png"))[0]
+    copy = _training_folder(tmp_path, test_file)
+    build_shards(copy.parent, tmp_path / "data/shards", val_fraction=0.0, min_size=16)
+    result = _cli(["evaluate", "--model", str(model_set), "--images", str(tiny_images), *QUICK], tmp_path, monkeypatch)
+    assert result.exit_code != 0
+    assert f"{test_file}: equal by pixels to training image data/shards/train-000000.tar:{copy.name}" in str(
+        result.exception)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_defaults_to_data_test_and_a_folder_of_its_own(model_set, tiny_images, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_images, tmp_path / "data/test/kodak")
+    result = _cli(["evaluate", "--model", str(model_set), *QUICK], tmp_path, monkeypatch)
+    assert result.exit_code == 0, (result.output, result.exception)
+    summary = json.loads((tmp_path / "outputs/evaluate/summary.json").read_text())
+    assert summary["images"]["folder"] == "data/test/kodak"
+    assert not (tmp_path / "eval").exists()
+
+
+DVC_YAML = """
+stages:
+  shards:
+    cmd: pdc data shards --src ${pipeline.data} --out ${pipeline.shards}
+    outs:
+    - ${pipeline.shards}
+  codec:
+    foreach: ${rate_points}
+    do:
+      cmd: pdc train codec -r ${key}
+      outs:
+      - models/stages/${key}/codec
+      - checkpoints/${key}/codec:
+          persist: true
+      metrics:
+      - metrics/${key}/codec.json:
+          cache: false
+  evaluate:
+    cmd: pdc pipeline evaluate
+    outs:
+    - eval
+"""
+
+
+def test_cli_refuses_to_replace_dvc_outputs_without_force(model_set, tiny_images, tmp_path, monkeypatch):
+    """The outs of dvc.yaml (templated from params.yaml) and of *.dvc files are the pipeline's."""
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    (tmp_path / "params.yaml").write_text("rate_points: {r0: 0.1}\npipeline: {data: corpus, shards: data/packed}\n")
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0\n  path: corpus\n")
+    for out, tracked in [("eval", "eval"), ("models/stages/r0/x", "models/stages"), ("data", "data/packed"),
+                         ("corpus/kodak", "corpus"), ("metrics", "metrics"), (".", "data/packed")]:
+        result = _cli(["evaluate", "--model", str(model_set), "--images", str(tiny_images), "--out", out, *QUICK],
+                      tmp_path, monkeypatch)
+        assert result.exit_code != 0
+        assert f"DVC-tracked output {tracked} " in str(result.exception) and "--force" in str(result.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.dvc", "dvc.yaml", "params.yaml"]
+    result = _cli(["evaluate", "--model", str(model_set), "--images", str(tiny_images), "--out", "eval", "--force",
+                   *QUICK], tmp_path, monkeypatch)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert (tmp_path / "eval/summary.json").is_file()
+
+
+def test_the_pipelines_own_outputs_are_protected():
+    """In this repository: every Layout output (read from the generated dvc.yaml) is refused."""
+    from pdc.cli.evaluate import refuse_dvc_output
+    from pdc.errors import PdcError
+    from pdc.pipeline import Layout
+
+    repo = Path(__file__).resolve().parents[2]
+    lay = Layout(repo)
+    for out in (lay.eval_dir, lay.shards_dir, lay.model_set, lay.stages_dir / "r0", lay.data_dir / "kodak"):
+        with pytest.raises(PdcError, match="DVC-tracked output"):
+            refuse_dvc_output(out)
+    refuse_dvc_output(repo / "outputs" / "evaluate")  # the default is not one
 
 
 def test_a_shards_folder_is_evaluated_on_its_val_split(model_set, tmp_path):
@@ -426,26 +548,34 @@ def test_a_shards_folder_is_evaluated_on_its_val_split(model_set, tmp_path):
     shutil.rmtree(tmp_path / "e")
 
 
-def test_pdc_eval_is_a_view_of_pdc_evaluate(model_set, tiny_images, tmp_path):
-    """`pdc eval` (one rate point, per-mode means) runs the same evaluator: same numbers for the same input."""
+def test_pdc_eval_is_an_alias_of_pdc_evaluate(model_set, tiny_images, tmp_path):
+    """One evaluation command: `pdc eval` takes evaluate's options, says it is an alias, gives the same numbers;
+    --json writes the whole summary (per-image rows included), --rate picks one rate point."""
     from typer.testing import CliRunner
 
     from pdc.cli.main import app
     from pdc.rd import evaluate_model_set
 
-    out = tmp_path / "eval.json"
-    args = ["eval", str(tiny_images), "--model", str(model_set), "--rate", "1", "--modes", "e2e,codec",
-            "--crop", "64", "--limit", "2", "--output", str(out), "--no-lpips"]
-    result = CliRunner().invoke(app, args, env={"PDC_NO_PROGRESS": "1", "COLUMNS": "200"})
-    assert result.exit_code == 0, (result.output, result.exception)
-    viewed = json.loads(out.read_text())
+    args = ["--model", str(model_set), "--images", str(tiny_images), "--rate", "1", "--systems", "e2e,codec",
+            "--crop", "64", "--limit", "2", "--no-lpips", "--no-fid", "--classic", "none", "--gammas", "none"]
+    runner = CliRunner(mix_stderr=False) if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else CliRunner()
+    viewed = {}
+    for cmd in ("eval", "evaluate"):
+        out = tmp_path / f"{cmd}.json"
+        result = runner.invoke(app, [cmd, *args, "--out", str(tmp_path / cmd), "--json", str(out)],
+                               env={"PDC_NO_PROGRESS": "1", "COLUMNS": "200"})
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert ("alias of `pdc evaluate`" in result.stderr) == (cmd == "eval")
+        viewed[cmd] = json.loads(out.read_text())
     direct = evaluate_model_set(model_set / json.loads((model_set / "index.json").read_text())["packages"][1]["name"],
                                 tiny_images, tmp_path / "direct", limit=2, crop=64, classic=[], gammas=(),
                                 systems=["e2e", "codec"], with_lpips=False, progress=False)
-    rows = {r["system"]: r for r in viewed["rows"]}
-    assert set(rows) == {"e2e", "codec"}
-    for r in direct["rows"]:
-        assert rows[r["system"]]["psnr"] == pytest.approx(r["psnr"]) and rows[r["system"]]["bpp"] == r["bpp"]
+    for cmd in ("eval", "evaluate"):
+        rows = {r["system"]: r for r in viewed[cmd]["rows"]}
+        assert set(rows) == {"e2e", "codec"}
+        for r in direct["rows"]:
+            assert rows[r["system"]]["psnr"] == pytest.approx(r["psnr"]) and rows[r["system"]]["bpp"] == r["bpp"]
+        assert all(len(viewed[cmd]["systems"][k]["points"][0]["per_image"]) == 2 for k in ("e2e", "codec"))
 
 
 def test_perceptual_pick_is_an_opt_in_system(model_set, tiny_images, tmp_path):
