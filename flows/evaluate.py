@@ -1,6 +1,12 @@
 """The evaluation flow: RD(P) curves of a model set against baselines, logged to MLflow.
 
-    python -m flows.evaluate --model models:/corrdiff@champion [--images DIR] [--out eval-champion]
+    python -m flows.evaluate --model models:/corrdiff@champion [--images DIR] [--out eval-champion] [--record]
+
+Metrics are logged as ``<system>/<rate point>/<metric>`` (:func:`pdc.tracking.evaluation_metrics`) with
+the image set's identity as tags. ``--record`` (registry models only) makes this evaluation the one the
+version is judged by: the champion rule compares two versions only when both were evaluated on the same
+images and crop, so re-evaluating the champion on a candidate's images lets ``pdc pipeline promote``
+compare them.
 """
 
 from __future__ import annotations
@@ -30,22 +36,30 @@ def evaluate_task(model: str, params_path: str, out: str, images: str | None) ->
 
 
 @task(name="log-evaluation")
-def log_task(model: str, params_path: str, out: str) -> str:
-    from pdc.tracking import _mlflow, experiment_id
+def log_task(model: str, params_path: str, out: str, record: bool = False) -> str:
+    import json
+
+    from pdc.tracking import _mlflow, experiment_id, log_evaluation, record_evaluation
 
     params = load_params(params_path)
-    mlflow = _mlflow()
-    with mlflow.start_run(experiment_id=experiment_id(params.pipeline.experiment), run_name=f"evaluate {model}") as run:
+    mlflow = _mlflow(params)
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    with mlflow.start_run(experiment_id=experiment_id(params.pipeline.experiment, params),
+                          run_name=f"evaluate {model}") as run:
         mlflow.set_tag("model", model)
+        log_evaluation(mlflow, summary)
         mlflow.log_artifacts(out, "evaluation")
+        if record and model.startswith("models:/"):
+            name, version = record_evaluation(model, summary)
+            mlflow.set_tags({"recorded_on": f"{name} v{version}"})
     return run.info.run_id
 
 
 @flow(name="corrdiff-evaluate")
 def evaluate_flow(model: str = "models:/corrdiff@champion", params_path: str = "params.yaml",
-                  out: str = "eval-registry", images: str | None = None) -> dict[str, Any]:
+                  out: str = "eval-registry", images: str | None = None, record: bool = False) -> dict[str, Any]:
     result = evaluate_task(model, params_path, out, images)
-    run_id = log_task(model, params_path, out)
+    run_id = log_task(model, params_path, out, record)
     return {"mlflow_run": run_id, "outputs": result.get("outputs", [])}
 
 
@@ -55,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="eval-registry")
     ap.add_argument("--images", default=None)
+    ap.add_argument("--record", action="store_true",
+                    help="Registry models: judge the version by this evaluation from now on (its RD points, image set).")
     args = ap.parse_args(argv)
-    print(evaluate_flow(args.model, args.params, args.out, args.images))
+    print(evaluate_flow(args.model, args.params, args.out, args.images, args.record))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from pdc.scale import run_stage_scaled
 __all__ = ["run_stage_on_ray"]
 
 
-def run_stage_on_ray(stage: str, params_path: Path, profile: str | None, rate: str, **paths: Path | None) -> dict[str, Any]:
-    """Run one stage of one rate point on Ray Train and wait for its metrics."""
-    return run_stage_scaled(stage, params_path, profile, rate, live=True, **paths)
+def run_stage_on_ray(stage: str, params_path: Path, profile: str | None, rate: str, *,
+                     parent_run_id: str | None = None, **paths: Path | None) -> dict[str, Any]:
+    """Run one stage of one rate point on Ray Train and wait for its metrics; its live MLflow run nests
+    under the pipeline run ``parent_run_id``."""
+    return run_stage_scaled(stage, params_path, profile, rate, live=True, parent_run_id=parent_run_id, **paths)

@@ -29,7 +29,8 @@ def build_deployment(params_path: str = "params.yaml", cron: str | None = None):
         name=DEPLOYMENT,
         cron=cron or params.pipeline.retrain_cron,
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        parameters={"params_path": params_path, "evaluate": True},
+        # Scheduled retraining is the production path: it registers and may move `champion`.
+        parameters={"params_path": params_path, "evaluate": True, "promote": True},
         description="Retrain every rate point, evaluate, register, promote the champion if better.",
         tags=["corrdiff", "retrain"],
     )

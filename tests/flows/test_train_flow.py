@@ -1,4 +1,5 @@
-"""The Prefect training flow really runs: Ray tasks, a temp sqlite MLflow store, registry + champion."""
+"""The Prefect training flow really runs: Ray tasks, a temp sqlite MLflow store, registry + champion
+(``promote=True``: the production path; experiments leave the registry alone, tests/test_tracking.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_training_flow_registers_and_crowns_a_model(isolated_services):
     params = write_micro_params(root)
     init_corpus(root)
     with prefect_test_harness():
-        result = train_flow(str(params), None, str(root), True)
+        result = train_flow(str(params), None, str(root), True, True)
 
     # every stage of both rate points ran and wrote its package
     assert {m["stage"] for m in result["stages"]} == {"correction"}
@@ -44,16 +45,20 @@ def test_training_flow_registers_and_crowns_a_model(isolated_services):
     index = json.loads((root / "models" / "corrdiff" / "index.json").read_text())
     assert len(index["packages"]) == 2
 
-    # MLflow: one parent run with nested stage runs; a registered version that is now champion
+    # MLflow: one parent run with the stages' live runs nested; a registered version that is now champion
     client = mlflow.MlflowClient()
     assert result["version"] == "1" and result["promoted"] and result["champion"] == "1"
     runs = client.search_runs([client.get_experiment_by_name("corrdiff").experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["run_id"]]
-    assert len(children) == 8
+    assert len(children) == 8 and {r.data.tags["live"] for r in children} == {"1"}
     codec_run = next(r for r in children if r.info.run_name == "codec-r0")
-    assert len(client.get_metric_history(codec_run.info.run_id, "loss")) == 4
+    history = client.get_metric_history(codec_run.info.run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3, 4] and len({m.timestamp for m in history}) > 1
+    parent = client.get_run(result["run_id"])
+    assert parent.data.metrics["corrdiff/r0/lpips"] > 0 and "jpeg/q20/psnr" in parent.data.metrics
     mv = client.get_model_version_by_alias("corrdiff", "champion")
     assert json.loads(mv.tags["rd_points"])
+    assert len(mv.tags["eval.digest"]) == 64 and mv.tags["eval.crop"] == "64" and mv.tags["eval.count"] == "2"
 
     # the registry URI resolves to a loadable model set
     from pdc.cli.codec import load_model
@@ -77,6 +82,8 @@ def test_training_flow_registers_and_crowns_a_model(isolated_services):
     from pdc.config import load_params
     from pdc.tracking import log_pipeline
 
-    again = log_pipeline(load_params(params), root / "models" / "corrdiff", root / "metrics", root / "eval", data_root=root)
-    assert again["version"] == "1" and "no new version" in again["reason"]
+    again = log_pipeline(load_params(params), root / "models" / "corrdiff", root / "metrics", root / "eval",
+                         data_root=root, promote=True)
+    assert again["version"] == "1" and not again["new_version"] and "champion already" in again["reason"]
+    assert again["run_id"] == result["run_id"]  # the run that logged this model set and evaluation
     assert len(client.search_model_versions("name='corrdiff'")) == 1
