@@ -9,7 +9,7 @@
 Timing does not depend on training, so the model is freshly initialised from the profile.
 
     .venv/bin/python benchmarks/gpu_check.py --json gpu_check.json                  # on a GPU machine
-    .venv/bin/python benchmarks/gpu_check.py --device cpu --profile tiny --train-steps 1 --steps 2   # smoke run
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --profile tiny --train-steps 1 --steps 2 --crop 128  # smoke
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_codec import REPO, bench_modes, bench_training, default_image  # noqa: E402
+from bench_codec import REPO, bench_modes, bench_training  # noqa: E402
+from gpu_bundle import photo_dir  # noqa: E402
 
 from pdc.config import load_params  # noqa: E402
-from pdc.imageio import uint8_to_tensor  # noqa: E402
+from pdc.imageio import read_image, uint8_to_tensor  # noqa: E402
 from pdc.models.package import init_model  # noqa: E402
 
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps K of the decode timing")
     ap.add_argument("--repeats", type=int, default=3, help="decode repetitions (median)")
     ap.add_argument("--json", type=Path, default=Path("gpu_check.json"))
+    ap.add_argument("--kodak", type=Path, help="Kodak folder (default: gpu_bundle/kodak, else ../shared/data/kodak)")
+    ap.add_argument("--image", default="kodim01.png", help="the Kodak photo of the decode timing")
+    ap.add_argument("--crop", type=int, default=0, help="centre crop of that photo (smoke runs); 0 = all of it")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -48,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     params = load_params(args.params, args.profile)
     prof = params.active
-    image_name, img = default_image()
+    image_path = photo_dir(args.kodak, "kodak") / args.image
+    img = read_image(image_path)
+    if args.crop:
+        top, left = (img.shape[0] - args.crop) // 2, (img.shape[1] - args.crop) // 2
+        img = img[top:top + args.crop, left:left + args.crop]
     x = uint8_to_tensor(img).to(device)
     res: dict = {
         "profile": params.profile, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "image": image_name,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "image": image_path.name,
         "width": img.shape[1], "height": img.shape[0], "training": {},
     }
     for precision in ("fp32", "bf16"):

@@ -58,7 +58,17 @@ def wrap(module: nn.Module, d: Dist, ignore: Iterable[str] = ()) -> nn.Module:
     if names:
         DDP._set_params_and_buffers_to_ignore_for_model(module, names)
     device = next(module.parameters()).device
-    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None, **no_forward_buffer_sync(DDP))
+
+
+def no_forward_buffer_sync(ddp_class: type) -> dict[str, bool]:
+    """DDP's keyword that turns off the per-forward buffer broadcast, by what ``ddp_class`` accepts:
+    ``forward_sync_buffers`` (torch ≥ 2.13, where ``broadcast_buffers`` is its older spelling) or
+    ``broadcast_buffers`` (every earlier torch)."""
+    import inspect
+
+    names = inspect.signature(ddp_class.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
 
 
 def no_sync(module: nn.Module | None, skip: bool):

@@ -75,6 +75,36 @@ def wants_gpu(scaling: ScalingConfig, cluster: dict[str, float]) -> bool:
     return cluster.get("GPU", 0.0) >= scaling.gpus_per_worker * scaling.num_workers
 
 
+def plan_gpus(params: Params, cluster: dict[str, float]) -> bool:
+    """Whether the workers get GPUs (:func:`wants_gpu`), refusing what would silently train elsewhere:
+    a profile with ``device: cuda`` whose workers the cluster grants no GPU, a ``device: cpu`` profile
+    with ``use_gpu: true``, and a fractional ``gpus_per_worker`` that puts two ranks on one GPU."""
+    prof, s = params.active, params.active.scaling
+    gpu = False if prof.device == "cpu" and s.use_gpu == "auto" else wants_gpu(s, cluster)
+    ask = (f"scaling.num_workers={s.num_workers} × gpus_per_worker={s.gpus_per_worker:g} = "
+           f"{s.num_workers * s.gpus_per_worker:g} GPU(s), use_gpu: {str(s.use_gpu).lower()}")
+    where = f"profile {params.profile!r}"
+    if prof.device == "cuda" and not gpu:
+        hint = "; use_gpu: true waits for autoscaled GPU nodes" if s.use_gpu == "auto" else ""
+        raise ConfigError(f"{where} says device: cuda, but its workers get no GPU: asked {ask}, the Ray cluster "
+                          f"has {cluster.get('GPU', 0.0):g} GPU(s){hint}")
+    if prof.device == "cpu" and gpu:
+        raise ConfigError(f"{where} says device: cpu, but asks the Ray cluster for GPUs ({ask})")
+    if gpu and s.gpus_per_worker % 1 and (s.num_workers > 1 or s.gpus_per_worker > 1):
+        raise ConfigError(f"{where}: {ask} would put two ranks on one GPU (NCCL refuses that); "
+                          "use a whole number of GPUs per worker")
+    return gpu
+
+
+def worker_device(params: Params, use_gpu: bool, granted: str) -> str:
+    """The device a worker trains on: Ray Train's ``granted`` one when it asked for GPUs, else cpu; a
+    ``device: cuda`` profile that ends up anywhere but a GPU stops instead of training on the CPU."""
+    device = granted if use_gpu else "cpu"
+    if params.active.device == "cuda" and not device.startswith("cuda"):
+        raise ConfigError(f"profile {params.profile!r} says device: cuda, but this Ray Train worker got {device}")
+    return device
+
+
 def worker_resources(scaling: ScalingConfig, gpu: bool) -> dict[str, float]:
     return {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if gpu else {})}
 
@@ -108,13 +138,14 @@ def _worker_loop(config: dict[str, Any]) -> None:
     d = Dist(ctx.get_world_rank(), ctx.get_world_size())
     torch.set_num_threads(max(1, int(config["threads"])))
     params = Params.model_validate(config["params"])  # the driver's, validated: not re-read from disk
-    device = str(ray.train.torch.get_device()) if config["use_gpu"] else "cpu"
+    device = worker_device(params, config["use_gpu"], str(ray.train.torch.get_device()))
     stage, rate = config["stage"], config["rate"]
     live = contextlib.nullcontext(None)
     if config["live"] and d.is_main:
         from pdc.tracking import live_stage_run
 
-        live = live_stage_run(params, stage, rate, echo=lambda line: print(line, flush=True))
+        live = live_stage_run(params, stage, rate, echo=lambda line: print(line, flush=True),
+                              metrics=config["paths"]["metrics"], **config["live"])  # {uri, parent_run_id}
     with live as log:
         log = _inject_fault(log, config.get("fault"))
         paths = {k: (Path(v) if k != "data" else v) if v else None for k, v in config["paths"].items()}
@@ -162,16 +193,19 @@ def run_stage_scaled(
     metrics: Path | None = None,
     live: bool = False,
     num_workers: int | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`pdc.stages.run_stage` on Ray Train with the profile's ``scaling``; returns its metrics.
 
-    ``num_workers`` overrides ``scaling.num_workers``; ``live`` logs the training loop to MLflow (rank 0).
+    ``num_workers`` overrides ``scaling.num_workers``; ``live`` logs the training loop to MLflow (rank 0),
+    nested under the pipeline run ``parent_run_id`` (default ``$PDC_MLFLOW_PARENT_RUN``) when given.
     """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pdc.data.shards import is_url
+    from pdc.tracking import live_tracking
 
     params = with_num_workers(load_params(params_path, profile), num_workers)
     scaling = params.active.scaling
@@ -184,12 +218,13 @@ def run_stage_scaled(
     storage.mkdir(parents=True, exist_ok=True)
 
     ensure_ray()
-    gpu = wants_gpu(scaling, ray.cluster_resources())
+    gpu = plan_gpus(params, ray.cluster_resources())  # a cuda profile without GPUs stops here, loudly
     config = {
         # The parameters travel with the job: a restart hours later (or a node without this checkout's
         # params.yaml) trains with what the driver validated.
         "stage": stage, "rate": rate, "params": params.model_dump(mode="json"),
-        "use_gpu": gpu, "threads": scaling.cpus_per_worker, "live": live,
+        "use_gpu": gpu, "threads": scaling.cpus_per_worker,
+        "live": live_tracking(params, parent_run_id) if live else None,
         "cwd": None if os.environ.get("RAY_ADDRESS") else os.getcwd(),
         "fault": os.environ.get("PDC_FAULT_INJECT"),
         "paths": {"data": str(data), "out": str(out), "init": str(init) if init else None,

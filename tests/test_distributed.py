@@ -164,3 +164,35 @@ def _one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PDC_NO_PROGRESS", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+
+
+def test_ddp_options_follow_what_the_installed_torch_accepts(tmp_path, monkeypatch):
+    """torch < 2.13 has no ``forward_sync_buffers``: :func:`wrap` must build DDP there with the older
+    ``broadcast_buffers`` (exercised with a DDP class shaped like torch 2.11's, in a real gloo group)."""
+    import torch.nn.parallel
+    from torch import nn
+
+    from pdc.distributed import Dist, no_forward_buffer_sync, wrap
+
+    real = torch.nn.parallel.DistributedDataParallel
+    seen: dict[str, object] = {}
+
+    class OldDDP(real):  # torch 2.11's signature: no forward_sync_buffers
+        def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True,
+                     process_group=None, bucket_cap_mb=None, find_unused_parameters=False):
+            seen["broadcast_buffers"] = broadcast_buffers
+            super().__init__(module, device_ids=device_ids, process_group=process_group)
+
+    assert no_forward_buffer_sync(OldDDP) == {"broadcast_buffers": False}
+    if "forward_sync_buffers" in __import__("inspect").signature(real.__init__).parameters:
+        assert no_forward_buffer_sync(real) == {"forward_sync_buffers": False}
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", OldDDP)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        wrapped = wrap(net, Dist(0, 2))  # "2 workers" decides wrapping; the group itself has one process
+        assert isinstance(wrapped, OldDDP) and seen == {"broadcast_buffers": False}
+        wrapped(torch.randn(3, 4)).sum().backward()
+        assert net[0].weight.grad is not None
+    finally:
+        dist.destroy_process_group()

@@ -140,3 +140,71 @@ def test_the_cli_runs_a_stage_on_ray_train_with_workers(ray_local, project):
     assert (root / "models" / "stages" / "r0" / "codec" / "model.json").is_file()
     bad = CliRunner().invoke(app, ["train", "codec", "-r", "r0", "--params", str(params), "--workers", "3"])
     assert bad.exit_code != 0 and "does not split into scaling.num_workers=3" in str(bad.exception)
+
+
+def _gpu_params(device: str = "cuda", **scaling):
+    from pdc.config import Params
+
+    return Params.model_validate({"profile": "gpu", "rate_points": {"r0": 0.01},
+                                  "profiles": {"gpu": {"device": device, "scaling": {"num_workers": 2, **scaling}}}})
+
+
+def test_a_cuda_profile_on_a_cluster_without_gpus_stops_with_one_line():
+    from pdc.errors import ConfigError
+    from pdc.scale import plan_gpus
+
+    with pytest.raises(ConfigError) as err:
+        plan_gpus(_gpu_params(), {"CPU": 64.0})
+    line = str(err.value)
+    assert "\n" not in line and "profile 'gpu' says device: cuda" in line
+    assert "num_workers=2 × gpus_per_worker=1 = 2 GPU(s)" in line and "the Ray cluster has 0 GPU(s)" in line
+    with pytest.raises(ConfigError, match="cluster has 1 GPU"):
+        plan_gpus(_gpu_params(), {"GPU": 1.0})  # one short
+    with pytest.raises(ConfigError, match="use_gpu: false"):
+        plan_gpus(_gpu_params(use_gpu=False), {"GPU": 8.0})
+    with pytest.raises(ConfigError, match="says device: cpu"):
+        plan_gpus(_gpu_params("cpu", use_gpu=True), {"GPU": 8.0})
+    assert plan_gpus(_gpu_params(), {"GPU": 2.0}) is True
+    assert plan_gpus(_gpu_params(use_gpu=True), {}) is True  # asked explicitly: Ray waits for the nodes
+    assert plan_gpus(_gpu_params("auto"), {"CPU": 64.0}) is False  # "auto" may train on the CPU
+    assert plan_gpus(_gpu_params("cpu"), {"GPU": 8.0}) is False
+
+
+def test_fractional_gpus_that_would_share_a_gpu_between_ranks_are_refused():
+    from pdc.errors import ConfigError
+    from pdc.scale import plan_gpus
+
+    with pytest.raises(ConfigError, match="two ranks on one GPU"):
+        plan_gpus(_gpu_params(gpus_per_worker=0.5), {"GPU": 1.0})
+    with pytest.raises(ConfigError, match="two ranks on one GPU"):
+        plan_gpus(_gpu_params(gpus_per_worker=1.5), {"GPU": 4.0})
+    assert plan_gpus(_gpu_params(num_workers=1, gpus_per_worker=0.5), {"GPU": 1.0}) is True  # one rank
+
+
+def test_a_cuda_worker_never_falls_back_to_the_cpu():
+    from pdc.errors import ConfigError
+    from pdc.scale import worker_device
+
+    assert worker_device(_gpu_params(), True, "cuda:1") == "cuda:1"
+    assert worker_device(_gpu_params("auto"), False, "cuda:0") == "cpu"
+    with pytest.raises(ConfigError, match="says device: cuda, but this Ray Train worker got cpu"):
+        worker_device(_gpu_params(), True, "cpu")  # granted a GPU resource, but torch sees no CUDA
+
+
+def test_run_stage_scaled_refuses_before_building_the_trainer(project, monkeypatch):
+    """The driver checks the cluster's GPUs (monkeypatched: no Ray is started) before any worker runs."""
+    import ray
+    import ray.train.torch
+
+    import pdc.scale
+    from pdc.errors import ConfigError
+
+    root, params = project
+    doc = yaml.safe_load(params.read_text())
+    doc["profiles"]["micro"]["device"] = "cuda"
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.setattr(pdc.scale, "ensure_ray", lambda: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", lambda *a, **k: pytest.fail("a trainer was built"))
+    with pytest.raises(ConfigError, match="profile 'micro' says device: cuda.*the Ray cluster has 0 GPU"):
+        pdc.scale.run_stage_scaled("codec", params, None, "r0", data=root / "data" / "shards", out=root / "pkg")
