@@ -80,6 +80,9 @@ class DiffusionConfig(_Strict):
                 f"block_channels[0]={self.block_channels[0]} is below 3·unshuffle²={need}: the UNet cannot span "
                 "its output space and initial noise leaks into every image (raise block_channels[0] or lower unshuffle)"
             )
+        if any(c % self.norm_groups for c in self.block_channels):
+            raise ValueError(f"norm_groups={self.norm_groups} must divide every block_channels entry "
+                             f"{list(self.block_channels)} (GroupNorm)")
         if self.t_min >= self.train_timesteps - 1:
             raise ValueError(f"t_min={self.t_min} must be below train_timesteps−1={self.train_timesteps - 1}")
         return self
@@ -142,6 +145,8 @@ class StageTrainConfig(_Strict):
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimisation step ``step`` (1-based)."""
+        # diffusers' get_cosine_schedule_with_warmup at the same step, plus the min_lr_ratio floor it lacks; kept
+        # as a pure function of the step (not a stateful LambdaLR) so that a resumed run continues it exactly.
         import math
 
         if self.warmup_steps and step <= self.warmup_steps:
@@ -183,6 +188,10 @@ class DiffusionTrainConfig(StageTrainConfig):
 
 class TrainConfig(_Strict):
     codec: StageTrainConfig = StageTrainConfig()
+    #: Where the codec stage starts: "shipped" = the codec of the shipped model's package for the same rate
+    #: point (pdc/zoo/small) where its architecture matches model.codec (a warm start, recorded in the
+    #: package), else from scratch; "scratch" = always a fresh codec.
+    codec_init: Literal["shipped", "scratch"] = "scratch"
     diffusion: DiffusionTrainConfig = DiffusionTrainConfig()
     privileged: StageTrainConfig = StageTrainConfig()
     #: Images (crops) the correction stage simulates the encoder on to fit the λ statistics.
@@ -306,6 +315,16 @@ class PipelineConfig(_Strict):
     retrain_cron: str = "0 3 * * 1"
     evaluate: EvalConfig = EvalConfig()
     promotion: PromotionConfig = PromotionConfig()
+    #: Production switch. False (experiments, ``dvc exp run``): the pipeline trains, evaluates and logs to
+    #: MLflow, but registers no version and never moves ``champion``. True (``dvc exp run -S
+    #: pipeline.promote=true``; ``pdc pipeline promote`` / ``make promote`` do the same for the workspace's
+    #: model set): register a version and apply the champion rule.
+    promote: bool = False
+    #: MLflow tracking store: a URI, or a path to an sqlite file relative to the project root (the folder
+    #: holding params.yaml). Precedence: ``$MLFLOW_TRACKING_URI``, ``$PDC_TRACKING_URI``, this, the project's
+    #: ``mlflow.db`` (:func:`pdc.tracking.tracking_uri`). Training stages log live to MLflow only when a store
+    #: is set here or in either environment variable.
+    tracking_uri: str | None = None
 
 
 class RatePoint(NamedTuple):

@@ -7,7 +7,7 @@ layout), MLflow tracking (which stage metrics to log) and ``dvc.yaml``, which is
 
     data/raw (data.dvc) ─▶ shards ─▶ codec@r ─▶ diffusion@r ─▶ privileged@r ─▶ correction@r ─┐
                                                                 (one chain per rate point r) │
-                          register (MLflow run, registry, champion) ◀─ evaluate ◀─ collect ◀──┘
+                         register (MLflow run; registry if promote) ◀─ evaluate ◀─ collect ◀──┘
 
 A stage's *code* is the list of files it runs; DVC re-runs the stage when one of them changes, and the
 training stages fold their hash into the checkpoint identity (:func:`code_version`), so a checkpoint
@@ -36,8 +36,17 @@ _DIFFUSION_NETWORK = tuple(f"diffusion.{k}" for k in DiffusionConfig.model_field
                            if k not in DiffusionConfig.SAMPLING_FIELDS)
 _DIFFUSION_SAMPLING = tuple(f"diffusion.{k}" for k in DiffusionConfig.SAMPLING_FIELDS)
 
-_TRAIN_CODE = ("pdc/train.py", "pdc/distributed.py", "pdc/stages.py", "pdc/pipeline.py", "pdc/config.py", "pdc/models",
+#: Code every training stage runs. ``pdc/models`` is listed file by file: a stage depends on the networks it
+#: trains or reads, never on the architecture of a network trained after it (the codec stage's package holds
+#: the codec alone, see :mod:`pdc.models.package`), so a codec trained once serves any decoder experiment.
+_TRAIN_CODE = ("pdc/train.py", "pdc/distributed.py", "pdc/scale.py", "pdc/stages.py", "pdc/pipeline.py",
+               "pdc/config.py", "pdc/models/__init__.py", "pdc/models/package.py", "pdc/models/codec.py",
                "pdc/data/loader.py")
+_DIFFUSION_CODE = ("pdc/models/diffusion.py", "pdc/metrics/perceptual.py", "pdc/weights.py")
+_DECODE_CODE = ("pdc/models/diffusion.py", "pdc/models/privileged.py", "pdc/models/correction.py",
+                "pdc/models/sampler.py", "pdc/metrics")
+#: Params of the profile's ``scaling`` section: how a stage is spread over workers (batch split, DDP).
+_SCALING = ("scaling",)
 
 
 @dataclass(frozen=True)
@@ -53,22 +62,26 @@ class TrainStage:
     code: tuple[str, ...]
     #: Keys of the active profile's ``train`` section it reads.
     train_params: tuple[str, ...]
-    #: Keys of the active profile's ``model`` section it reads (later stages inherit the rest through
-    #: the package they start from).
+    #: Keys of the active profile's ``model`` section it reads (earlier parts come through the package it
+    #: starts from; later parts are not in it).
     model_params: tuple[str, ...]
     help: str
+    #: Keys of the active profile outside ``model`` and ``train`` it reads.
+    profile_params: tuple[str, ...] = _SCALING
 
 
 TRAIN_STAGES: tuple[TrainStage, ...] = (
-    TrainStage("codec", None, True, _TRAIN_CODE, ("codec",), ("codec", *_DIFFUSION_NETWORK, "privileged"),
-               "Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point."),
-    TrainStage("diffusion", "codec", True, _TRAIN_CODE + ("pdc/metrics/perceptual.py", "pdc/weights.py"), ("diffusion",), (),
+    TrainStage("codec", None, True, _TRAIN_CODE + ("pdc/zoo",), ("codec", "codec_init"), ("codec",),
+               "Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point; --init warm-starts it "
+               "from the codec of an earlier package."),
+    TrainStage("diffusion", "codec", True, _TRAIN_CODE + _DIFFUSION_CODE, ("diffusion",), _DIFFUSION_NETWORK,
                "Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."),
-    TrainStage("privileged", "diffusion", True, _TRAIN_CODE, ("privileged",), (),
+    TrainStage("privileged", "diffusion", True, _TRAIN_CODE + ("pdc/models/privileged.py",), ("privileged",),
+               ("privileged",),
                "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ."),
-    TrainStage("correction", "privileged", False, _TRAIN_CODE + ("pdc/metrics",),
+    TrainStage("correction", "privileged", False, _TRAIN_CODE + _DECODE_CODE,
                ("correction_images", "correction_crop"), ("correction", *_DIFFUSION_SAMPLING),
-               "Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured quality."),
+               "Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured quality.", ()),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in TRAIN_STAGES)
 #: Code of the stages around the chains (DVC dependencies).
@@ -204,13 +217,22 @@ def data_version(source: Path | str) -> str:
 
 
 def dvc_dir_md5(folder: Path) -> str:
-    """DVC's hash of a directory (``<md5>.dir`` in a ``.dvc`` file, without the suffix): the MD5 of the
-    JSON list of ``{"md5", "relpath"}`` of its files, sorted by path. Lets us check ``data.dvc`` without DVC."""
-    import json
+    """DVC's hash of a directory (``<md5>.dir`` in a ``.dvc`` file, without the suffix), computed by
+    dvc-data without a repo or cache (``dry_run``: nothing is written)."""
+    try:
+        from dvc_data.hashfile.build import build
+        from dvc_data.hashfile.db import HashFileDB
+        from dvc_objects.fs.local import LocalFileSystem
+        from dvc_objects.fs.memory import MemoryFileSystem
+    except ImportError:  # DVC is the optional `pipeline` extra: data.dvc stays checkable without it
+        import json
 
-    entries = sorted(({"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
-                      for f in Path(folder).rglob("*") if f.is_file()), key=lambda e: e["relpath"])
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+        entries = sorted(({"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
+                          for f in Path(folder).rglob("*") if f.is_file()), key=lambda e: e["relpath"])
+        return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+    odb = HashFileDB(MemoryFileSystem(global_store=False), "/odb")
+    _, _, obj = build(odb, str(Path(folder).resolve()), LocalFileSystem(), "md5", dry_run=True)
+    return obj.hash_info.value.removesuffix(".dir")
 
 
 def check_dvc_data(root: Path, data: str) -> str | None:
@@ -245,7 +267,7 @@ DVC_HEADER = """\
 #
 #   data/raw (data.dvc) ─▶ shards ─▶ codec@r ─▶ diffusion@r ─▶ privileged@r ─▶ correction@r ─┐
 #                                                                 (one chain per rate point r) │
-#                          register (MLflow run, registry, champion) ◀─ evaluate ◀─ collect ◀──┘
+#                         register (MLflow run; registry if promote) ◀─ evaluate ◀─ collect ◀──┘
 #
 # Checkpoints live in checkpoints/<r>/<stage>/ (persist: true), so a killed stage resumes.
 """
@@ -276,7 +298,8 @@ def dvc_stages() -> dict[str, Any]:
             "deps": [rel(lay.shards_dir), *([rel(init)] if init else []), *s.code],
             "params": (["profile", f"rate_points.{r}"] if s.init is None else [])
             + [f"profiles.${{profile}}.model.{k}" for k in s.model_params]
-            + [f"profiles.${{profile}}.train.{k}" for k in s.train_params],
+            + [f"profiles.${{profile}}.train.{k}" for k in s.train_params]
+            + [f"profiles.${{profile}}.{k}" for k in s.profile_params],
             "outs": [rel(lay.package(r, s.name))]
             + ([{rel(lay.checkpoints(r, s.name)): {"persist": True, "cache": False}}] if s.checkpoints else []),
             "metrics": [{rel(metrics): {"cache": False}}],
@@ -300,14 +323,34 @@ def dvc_stages() -> dict[str, Any]:
         "cmd": f"python -m flows.register --model-set {rel(lay.model_set)} --eval {rel(lay.eval_dir)} "
                f"--metrics {rel(lay.metrics_dir)} --out {rel(lay.metrics_dir / 'registry.json')}",
         "deps": [rel(lay.model_set), rel(lay.eval_dir), *REGISTER_CODE],
-        "params": ["pipeline.experiment", "pipeline.registered_model", "pipeline.promotion"],
+        # pipeline.promote: false (experiments) logs to MLflow only; true also registers and may move champion
+        "params": ["pipeline.experiment", "pipeline.registered_model", "pipeline.promotion", "pipeline.promote"],
         "metrics": [{rel(lay.metrics_dir / "registry.json"): {"cache": False}}],
     }
     return {"stages": stages}
 
 
-#: Systems drawn in the DVC RD plots (the eval/plots/<system>.csv files of `pdc evaluate`).
+#: Systems of every evaluation besides the CorrDiff γ variants: the learned ones, the matched-noise control
+#: and the classic codecs (the eval/plots/<system>.csv files of the evaluate stage).
 PLOT_SYSTEMS = ("corrdiff", "diffusion", "e2e", "e2e-noise", "codec", "jpeg", "webp", "avif")
+#: The RD plots declared for ``dvc plots``: metric and axis label (FID needs ``pipeline.evaluate.fid_images``).
+PLOT_METRICS = (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM"), ("lpips", "LPIPS-alex (lower is better)"),
+                ("lpips_vgg", "LPIPS-VGG (lower is better)"), ("fid", "FID on 256² patches (lower is better)"))
+
+
+def plot_systems(params_file: Path = REPO_ROOT / "params.yaml") -> tuple[str, ...]:
+    """Every system the pipeline's evaluation writes plot data for: :data:`PLOT_SYSTEMS` plus a CorrDiff per
+    γ of ``pipeline.evaluate.gammas`` other than the model's own (the active profile's ``correction.gamma``),
+    as params.yaml sets them: regenerate dvc.yaml after changing either."""
+    from pdc.config import CorrectionConfig, EvalConfig, load_params
+    from pdc.errors import ConfigError
+
+    try:
+        params = load_params(params_file)
+        gammas, own = params.pipeline.evaluate.gamma_values, params.active.model.correction.gamma
+    except ConfigError:  # no params.yaml (an installed package): the schema's defaults
+        gammas, own = EvalConfig().gamma_values, CorrectionConfig().gamma
+    return PLOT_SYSTEMS[:1] + tuple(f"corrdiff-g{g:g}" for g in gammas if abs(g - own) >= 1e-9) + PLOT_SYSTEMS[1:]
 
 
 def dvc_yaml() -> str:
@@ -316,11 +359,11 @@ def dvc_yaml() -> str:
 
     doc = dvc_stages()
     doc["metrics"] = ["eval/metrics.json"]
+    systems = plot_systems()
     plots: list = []
-    for metric, label in (("psnr", "PSNR (dB)"), ("lpips", "LPIPS-alex (lower is better)"),
-                          ("lpips_vgg", "LPIPS-VGG (lower is better)")):
+    for metric, label in PLOT_METRICS:
         plots.append({f"rd_{metric}": {"template": "linear", "x": "bpp",
-                                       "y": {f"eval/plots/{s}.csv": metric for s in PLOT_SYSTEMS},
+                                       "y": {f"eval/plots/{s}.csv": metric for s in systems},
                                        "x_label": "bit-rate (bpp)", "y_label": label}})
     plots += ["eval/rd_psnr.png", "eval/rd_lpips.png", "eval/rd_lpips_vgg.png", "eval/dp_curve.png", "eval/crops.png"]
     doc["plots"] = plots

@@ -14,6 +14,7 @@ CLI, a DVC stage or a Ray task therefore gives the same result.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def run_stage(
     In a data-parallel group (``d``, see :mod:`pdc.distributed`) every worker trains on its share and
     rank 0 alone writes the package and metrics. ``device`` overrides the profile's.
     """
-    from pdc.models.package import init_model, load_package, save_package
+    from pdc.models.package import init_model, load_package, read_metadata, save_package
     from pdc import train as T
 
     from pdc.pipeline import code_version, data_version
@@ -139,14 +140,29 @@ def run_stage(
     device = device or resolve_device(prof.device)
     nl = prof.scaling.loader_workers
     if stage == "codec":
-        model = init_model(prof.model, seed=prof.train.codec.seed).to(device)
+        model = init_model(prof.model, seed=prof.train.codec.seed)
+        model.trained = ("codec",)  # the later stages build their own networks from the profile
+        if init is None and prof.train.codec_init == "shipped":
+            init = _shipped_codec(rate_point, prof.model.codec)
+        if init is not None:  # a warm start: the codec weights of an earlier package, trained further here
+            model.codec = _warm_codec(init, prof.model.codec)
+            versions["warm_start"] = read_metadata(init)["hash"]
+            identity += f";warm={versions['warm_start']}"
+            extra["warm_start"] = {"package": str(init), "hash": versions["warm_start"]}
+        model = model.to(device)
         res = T.train_codec(model, lmbda, _batches(data, prof.train.codec, d, nl), prof.train.codec, workdir, log,
                             identity, d)
         result = _result_metrics(stage, res)
     else:
         if init is None:
             raise ConfigError(f"stage {stage} needs --init (the previous stage's package)")
-        model = load_package(init).to(device)
+        model = load_package(init)
+        if stage in ("diffusion", "privileged"):
+            model = _own_network(model, stage, getattr(prof.model, stage), getattr(prof.train, stage).seed, init)
+        elif missing := [p for p in ("diffusion", "privileged") if p not in model.trained]:
+            raise ConfigError(f"{init}: has no trained {' or '.join(missing)} network; the correction stage starts "
+                              "from the privileged stage's package")
+        model = model.to(device)
         if stage == "correction":
             t = prof.train
             loader = iter(_crop_images(data, t.correction_crop, t.correction_images))
@@ -164,11 +180,58 @@ def run_stage(
             cfg = getattr(prof.train, stage)
             fn = T.train_diffusion if stage == "diffusion" else T.train_privileged_decoder
             result = _result_metrics(stage, fn(model, _batches(data, cfg, d, nl), cfg, workdir, log, identity, d))
+            model.mark_trained(stage)
     result.update(versions)
     if d.is_main:
         result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
         write_metrics(metrics, result)
     return result
+
+
+def _network_fields(cfg: Any) -> dict[str, Any]:
+    """The fields that shape a network's weights (the diffusion's sampling knobs left out)."""
+    skip = set(getattr(type(cfg), "SAMPLING_FIELDS", ()))
+    return {k: v for k, v in cfg.model_dump().items() if k not in skip}
+
+
+def _own_network(model: Any, part: str, cfg: Any, seed: int, init: Path) -> Any:
+    """The model with ``part`` as this stage trains it: the profile's architecture, freshly initialised, unless
+    ``init`` already holds a trained ``part`` of that architecture (then training continues from it)."""
+    if part in model.trained and _network_fields(getattr(model.config, part)) == _network_fields(cfg):
+        return model
+    if part in model.trained:
+        print(f"{init}: its {part} network differs from the profile's model.{part}: training a fresh one",
+              file=sys.stderr, flush=True)
+    return model.with_fresh_part(part, cfg, seed=seed)
+
+
+def _shipped_codec(rate_point: str, cfg: Any) -> Path | None:
+    """The shipped package of ``rate_point`` when its codec has the profile's architecture, else None (said)."""
+    from pdc.models.package import read_metadata
+    from pdc.zoo import SHIPPED, shipped_package
+
+    package = shipped_package(rate_point)
+    if package is None:
+        print(f"{SHIPPED}: no shipped package for rate point {rate_point}: training its codec from scratch",
+              file=sys.stderr, flush=True)
+        return None
+    shipped = read_metadata(package)["config"]["codec"]
+    if shipped != cfg.model_dump():
+        print(f"{package}: shipped codec {shipped} is not the profile's model.codec {cfg.model_dump()}: training "
+              "from scratch", file=sys.stderr, flush=True)
+        return None
+    return package
+
+
+def _warm_codec(init: Path, cfg: Any) -> Any:
+    """The codec of package ``init``, refused (naming the sizes) when it does not fit ``cfg``."""
+    from pdc.models.package import load_package
+
+    warm = load_package(init)
+    if warm.config.codec != cfg:
+        raise ConfigError(f"{init}: its codec is {warm.config.codec.model_dump()}, the profile's model.codec is "
+                          f"{cfg.model_dump()}: a warm start needs the same architecture")
+    return warm.codec
 
 
 def _crop_images(data: Path | str, crop: int, count: int):

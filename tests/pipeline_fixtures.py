@@ -18,7 +18,9 @@ MICRO_PROFILE = {
         "privileged": {"steps": 2, "batch_size": 2, "crop": 64, "checkpoint_every": 2},
         "correction_images": 2,
         "correction_crop": 64,
+        "codec_init": "scratch",
     },
+    "scaling": {"num_workers": 1},
 }
 
 
@@ -38,6 +40,18 @@ def write_micro_params(root: Path, **train_overrides) -> Path:
         "profiles": {"micro": profile},
     }
     path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def write_micro_pipeline_params(root: Path, repo_params: Path) -> Path:
+    """The micro profile with the repository's whole ``pipeline`` section (paths, promotion, tracking):
+    a params.yaml that the generated dvc.yaml resolves in a copy of the repository."""
+    path = write_micro_params(root)
+    doc = yaml.safe_load(path.read_text())
+    full = yaml.safe_load(repo_params.read_text())["pipeline"]
+    full["evaluate"].update(doc["pipeline"]["evaluate"])
+    doc["pipeline"] = full
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

@@ -151,7 +151,7 @@ def test_correction_stage_applies_the_profiles_decode_settings(tmp_path):
     import yaml
 
     from pdc.config import load_params
-    from pdc.models.package import load_package
+    from pdc.models.package import load_package, save_package
     from pdc.stages import run_stage
 
     data = init_corpus(tmp_path) / "default"
@@ -162,9 +162,54 @@ def test_correction_stage_applies_the_profiles_decode_settings(tmp_path):
     steps = doc["profiles"]["micro"]["model"]["diffusion"].get("steps", 6)
     doc["profiles"]["micro"]["model"]["diffusion"].update(steps=steps + 1, t_min=7)
     path.write_text(yaml.safe_dump(doc))
-    run_stage("correction", load_params(path), "r0", data=data, out=tmp_path / "fit", init=tmp_path / "codec")
+    full = load_package(tmp_path / "codec")
+    full.mark_trained("diffusion")  # the fresh decoders stand in for trained ones: only the fit is tested here
+    full.mark_trained("privileged")
+    save_package(full, tmp_path / "full")
+    run_stage("correction", load_params(path), "r0", data=data, out=tmp_path / "fit", init=tmp_path / "full")
     fitted, trained = load_package(tmp_path / "fit"), load_package(tmp_path / "codec")
     assert fitted.config.correction.lowpass_sigma == 1.5 and fitted.config.correction.levels == 4
     assert (fitted.config.diffusion.steps, fitted.config.diffusion.t_min) == (steps + 1, 7)
     assert tuple(fitted.tables.shape) == (steps + 1, 4)
     assert trained.config.correction.lowpass_sigma == 0.0 and trained.config.diffusion.steps == steps
+
+
+def test_each_stage_builds_its_own_network_from_the_profile(tmp_path):
+    """The codec stage's package holds the codec alone; the diffusion stage builds the profile's UNet (here
+    one the codec stage never saw) and keeps the codec bit for bit; the correction stage refuses a package
+    without trained decoders; a codec warm start records the package it started from."""
+    import json
+
+    import yaml
+
+    from pdc.config import load_params
+    from pdc.errors import ConfigError
+    from pdc.models.package import load_package, state_digest
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    path = write_micro_params(tmp_path)
+    run_stage("codec", load_params(path), "r0", data=data, out=tmp_path / "codec", workdir=tmp_path / "ck")
+    meta = json.loads((tmp_path / "codec" / "model.json").read_text())
+    assert meta["parts"] == ["codec"]
+    codec = load_package(tmp_path / "codec")
+    assert codec.trained == ("codec",)
+
+    doc = yaml.safe_load(path.read_text())
+    channels = [c + 8 for c in doc["profiles"]["micro"]["model"]["diffusion"]["block_channels"]]
+    doc["profiles"]["micro"]["model"]["diffusion"]["block_channels"] = channels
+    path.write_text(yaml.safe_dump(doc))
+    run_stage("diffusion", load_params(path), "r0", data=data, out=tmp_path / "dif", init=tmp_path / "codec",
+              workdir=tmp_path / "ckd")
+    dif = load_package(tmp_path / "dif")
+    assert dif.trained == ("codec", "diffusion")
+    assert list(dif.config.diffusion.block_channels) == channels
+    assert state_digest(dif.codec.state_dict()) == state_digest(codec.codec.state_dict())
+
+    with pytest.raises(ConfigError, match="no trained privileged"):
+        run_stage("correction", load_params(path), "r0", data=data, out=tmp_path / "fit", init=tmp_path / "dif")
+
+    run_stage("codec", load_params(path), "r1", data=data, out=tmp_path / "warm", workdir=tmp_path / "ckw",
+              init=tmp_path / "codec")
+    warm = json.loads((tmp_path / "warm" / "model.json").read_text())
+    assert warm["warm_start"]["hash"] == meta["hash"]

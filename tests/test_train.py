@@ -80,19 +80,19 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_its_floor():
 
 
 def test_ema_tracks_a_moving_average_and_is_copied_into_the_module():
-    from pdc.train import EMA
+    from pdc.train import ema_of
 
     net = torch.nn.Linear(2, 1)
     with torch.no_grad():
         net.weight.fill_(0.0)
-    ema = EMA(net, decay=0.5)
+    ema = ema_of(net, decay=0.5)
     with torch.no_grad():
         net.weight.fill_(1.0)
-    ema.update(net)  # effective decay min(0.5, 2/11) = 2/11
-    torch.testing.assert_close(ema.shadow["weight"], torch.full((1, 2), 9 / 11))
-    restored = EMA(net, decay=0.5)
+    ema.step(net.parameters())  # effective decay min(0.5, 2/11) = 2/11
+    torch.testing.assert_close(ema.shadow_params[0], torch.full((1, 2), 9 / 11))
+    restored = ema_of(net, decay=0.5)
     restored.load_state_dict(ema.state_dict())
-    restored.copy_to(net)
+    restored.copy_to(net.parameters())
     torch.testing.assert_close(net.weight, torch.full((1, 2), 9 / 11))
 
 
@@ -108,8 +108,25 @@ def test_diffusion_recipe_with_lpips_and_ema_trains_and_stores_the_average(tmp_p
     assert {"mse", "lpips", "lr"} <= set(res.metrics)
     state = torch.load(tmp_path / "diffusion.ckpt.pt", weights_only=True)
     raw_after = state["modules"]["diffusion"]
-    shadow = state["ema"]["diffusion"]["shadow"]
+    names = [k for k, _ in model.diffusion.named_parameters()]
+    shadow = dict(zip(names, state["ema"]["diffusion"]["shadow_params"], strict=True))
     stored = model.diffusion.state_dict()
     key = "unet.conv_out.weight"
     torch.testing.assert_close(stored[key], shadow[key])  # the package gets the EMA …
     assert not torch.equal(stored[key], raw_after[key])  # … not the last raw weights
+
+
+def test_entropy_bottleneck_quantiles_are_fitted():
+    """The aux loss (quantile fit of z's density) is finished after training, not left where the main
+    loop's schedule stopped it: from a fresh bottleneck it falls below the tolerance."""
+    from pdc.models.codec import build_codec
+    from pdc.config import CodecConfig
+    from pdc.train import fit_entropy_bottleneck
+
+    torch.manual_seed(0)
+    codec = build_codec(CodecConfig(N=16, M=24))
+    before = float(codec.aux_loss())
+    after = fit_entropy_bottleneck(codec, tol=1.0)
+    assert before > 10 and after < 1.0
+    q = codec.entropy_bottleneck.quantiles.detach()
+    assert bool((q[..., 0] < q[..., 1]).all() and (q[..., 1] < q[..., 2]).all())

@@ -2,8 +2,13 @@
 
 On disk a package is one directory::
 
-    model.json    {"format": "pdc-model/1", "hash": …, "config": {…}, "tables_steps": K, "versions": {…}, …}
+    model.json    {"format": "pdc-model/1", "hash": …, "config": {…}, "parts": [...], "versions": {…}, …}
     weights.pt    {"codec": state_dict, "diffusion": …, "privileged": …, "correction": {"tables": (K, L)}}
+
+A package written by an early stage holds only the parts trained so far (``parts``; the codec stage's
+package has the codec alone): the next stage builds its own network from the profile, so a stage's
+package — and its DVC identity — never depends on the architecture of a network trained after it.
+Packages without ``parts`` (the complete ones) hold all three networks.
 
 ``weights.pt`` holds tensors only and is loaded with ``torch.load(weights_only=True)``.  The hash is a
 SHA-256 over the canonical JSON of the config and every tensor (name, dtype, shape, bytes) in sorted
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 
 from pdc import __version__
-from pdc.config import DiffusionConfig, ModelConfig, parse_model_config
+from pdc.config import DiffusionConfig, ModelConfig, PrivilegedConfig, parse_model_config
 from pdc.errors import ModelPackageError
 from pdc.fsutil import staging_dir
 from pdc.models.codec import build_codec
@@ -41,9 +46,13 @@ PARTS = ("codec", "diffusion", "privileged")
 class CorrDiffModel(nn.Module):
     """All four components of a CorrDiff codec, ready for :mod:`pdc.codec`."""
 
-    def __init__(self, config: ModelConfig, tables: torch.Tensor | None = None) -> None:
+    def __init__(self, config: ModelConfig, tables: torch.Tensor | None = None,
+                 trained: tuple[str, ...] = PARTS) -> None:
         super().__init__()
         self.config = config
+        #: The networks holding trained weights (what a package stores); the rest are fresh initialisations
+        #: that the stage training them replaces (:meth:`with_fresh_part`).
+        self.trained = tuple(p for p in PARTS if p in trained)
         self.codec = build_codec(config.codec)
         self.diffusion = ConditionalDenoiser(config.diffusion, config.codec.M)
         self.privileged = PrivilegedDecoder(config.privileged, self.codec.g_s)
@@ -71,20 +80,42 @@ class CorrDiffModel(nn.Module):
         same_shape = (cfg.correction.levels, cfg.diffusion.steps) == (c.levels, dif.steps)
         if tables is None and same_shape:
             tables = self.tables.clone()
-        new = CorrDiffModel(cfg, tables=tables)
+        new = CorrDiffModel(cfg, tables=tables, trained=self.trained)
         for part in PARTS:
             getattr(new, part).load_state_dict(getattr(self, part).state_dict())
         new.codec.update(force=True)
         return new.to(self.tables.device).eval()
 
+    def with_fresh_part(self, part: str, config: DiffusionConfig | PrivilegedConfig, seed: int = 0) -> "CorrDiffModel":
+        """A copy whose ``part`` ("diffusion" or "privileged") is a fresh network built from ``config``.
+
+        The stage that trains a part builds it from the profile, not from what an earlier stage's package
+        carried, so a codec trained once serves any diffusion or privileged-decoder architecture. Other
+        trained parts and the λ tables (uniform again when the step count changes) carry over.
+        """
+        if part not in ("diffusion", "privileged"):
+            raise ModelPackageError(f"{part}: only the diffusion and the privileged decoder are rebuilt per stage")
+        cfg = self.config.model_copy(update={part: config})
+        same_tables = (cfg.diffusion.steps, cfg.correction.levels) == (self.config.diffusion.steps,
+                                                                       self.config.correction.levels)
+        torch.manual_seed(seed)
+        new = CorrDiffModel(cfg, tables=self.tables.clone() if same_tables else None,
+                            trained=tuple(p for p in self.trained if p != part))
+        for other in PARTS:
+            if other != part:
+                getattr(new, other).load_state_dict(getattr(self, other).state_dict())
+        new.codec.update(force=True)
+        return new.to(self.tables.device).eval()
+
+    def mark_trained(self, part: str) -> None:
+        """Record that ``part`` now holds trained weights (it is saved with the package from now on)."""
+        self.trained = tuple(p for p in PARTS if p in (*self.trained, part))
+        self.invalidate_hash()
+
     # -- identity -----------------------------------------------------------------------------------
     def state_parts(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {
-            "codec": self.codec.state_dict(),
-            "diffusion": self.diffusion.state_dict(),
-            "privileged": self.privileged.state_dict(),
-            "correction": {"tables": self.tables},
-        }
+        """The trained networks' states and the λ tables: what a package stores and its hash covers."""
+        return {**{p: getattr(self, p).state_dict() for p in self.trained}, "correction": {"tables": self.tables}}
 
     def content_hash(self) -> str:
         if self._hash is None:
@@ -151,6 +182,7 @@ def save_package(model: CorrDiffModel, path: str | os.PathLike[str], extra: dict
         "format": FORMAT,
         "hash": model.content_hash(),
         "config": model.config.model_dump(mode="json"),
+        **({} if model.trained == PARTS else {"parts": list(model.trained)}),
         "versions": _versions(),
         **(extra or {}),
     }
@@ -185,12 +217,15 @@ def load_package(path: str | os.PathLike[str], *, verify: bool = True) -> CorrDi
         raise ModelPackageError(f"{p}: weights.pt is missing") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt zip or a refused pickle global
         raise ModelPackageError(f"{p}/weights.pt: cannot be loaded safely ({exc})") from None
-    model = CorrDiffModel(config, tables=parts["correction"]["tables"])
+    trained = tuple(meta.get("parts", PARTS))
+    if "codec" not in trained or any(t not in PARTS for t in trained):
+        raise ModelPackageError(f"{p}/model.json: parts must name the codec and only {', '.join(PARTS)}, "
+                                f"got {list(trained)}")
+    model = CorrDiffModel(config, tables=parts["correction"]["tables"], trained=trained)
     try:
-        model.codec.load_state_dict(parts["codec"])
-        model.diffusion.load_state_dict(parts["diffusion"])
-        model.privileged.load_state_dict(parts["privileged"])
-    except (RuntimeError, KeyError) as exc:
+        for part in trained:
+            getattr(model, part).load_state_dict(parts[part])
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise ModelPackageError(f"{p}: weights do not match the config ({exc})") from None
     model.eval()
     if verify and model.content_hash() != meta["hash"]:
@@ -204,6 +239,31 @@ def init_model(config: ModelConfig, seed: int = 0) -> CorrDiffModel:
     model = CorrDiffModel(config)
     model.codec.update(force=True)
     return model.eval()
+
+
+def export_codec_checkpoint(checkpoint: str | os.PathLike[str], config: ModelConfig, rate_point: Any,
+                            out: str | os.PathLike[str]) -> dict[str, Any]:
+    """A codec stage checkpoint (see :mod:`pdc.train`) as a codec-only package at ``out``.
+
+    The checkpoint's codec must fit ``config.codec``; the package records the checkpoint's step.
+    """
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        codec_state, step = state["modules"]["codec"], int(state["step"])
+    except (OSError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelPackageError(f"{checkpoint}: not a codec stage checkpoint ({exc})") from None
+    from pdc.train import fit_entropy_bottleneck
+
+    model = CorrDiffModel(config, trained=("codec",))
+    try:
+        model.codec.load_state_dict(codec_state)
+    except RuntimeError as exc:
+        raise ModelPackageError(f"{checkpoint}: its codec does not fit model.codec {config.codec.model_dump()} "
+                                f"({str(exc).splitlines()[0]})") from None
+    fit_entropy_bottleneck(model.codec)  # as the codec stage does before it writes a package
+    digest = save_package(model, out, extra={"stage": "codec", "rate_point": rate_point.as_dict(),
+                                             "exported": {"checkpoint": str(checkpoint), "step": step}})
+    return {"hash": digest, "step": step}
 
 
 # -- model sets: one package per rate point ---------------------------------------------------------
