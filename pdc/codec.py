@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from pdc.bitstream import MAX_PIXELS, Mode, Section, Stream, parse
-from pdc.errors import BitstreamError
+from pdc.errors import BitstreamError, ModelPackageError
 from pdc.imageio import uint8_to_tensor
+from pdc.progress import progress_bar
 from pdc.models.codec import CODEC_MULTIPLE, decode_latent, encode_latent, latent_shape, pad_to_multiple
 from pdc.models.correction import decode_levels, encode_levels, quantize, uniform_tables
 from pdc.models.package import CorrDiffModel
@@ -114,17 +115,43 @@ def _pick(model: CorrDiffModel, pick: LambdaPick, least_squares: SampleResult, x
     floor, best = score(least_squares)
     floor -= pick.psnr_tolerance_db
     chosen = least_squares
-    for combo in itertools.product(grid, repeat=len(coded)):
-        levels = [0] * len(least_squares.levels)
-        for k, q in zip(coded, combo):
-            levels[k] = q
-        if levels == least_squares.levels:
-            continue
-        res = decode(levels)
-        quality, distance = score(res)
-        if quality >= floor and distance < best:
-            chosen, best = SampleResult(res.image, levels, least_squares.lambda_star), distance
+    combos = list(itertools.product(grid, repeat=len(coded)))
+    with progress_bar(len(combos), "λ pick", unit="candidate", terminal_only=True) as bar:
+        for combo in combos:
+            bar.update(1)
+            levels = [0] * len(least_squares.levels)
+            for k, q in zip(coded, combo):
+                levels[k] = q
+            if levels == least_squares.levels:
+                continue
+            res = decode(levels)
+            quality, distance = score(res)
+            if quality >= floor and distance < best:
+                chosen, best = SampleResult(res.image, levels, least_squares.lambda_star), distance
     return chosen
+
+
+#: The trained networks each mode decodes with.
+_MODE_PARTS = {Mode.CODEC: ("codec",), Mode.E2E: ("codec", "privileged"), Mode.DIFFUSION: ("codec", "diffusion"),
+               Mode.CORRDIFF: ("codec", "diffusion", "privileged")}
+
+
+def best_mode(model: CorrDiffModel) -> Mode:
+    """CorrDiff when the package holds every network, else the richest mode it can decode."""
+    for mode in (Mode.CORRDIFF, Mode.DIFFUSION, Mode.E2E, Mode.CODEC):
+        if all(p in model.trained for p in _MODE_PARTS[mode]):
+            return mode
+    raise ModelPackageError("the model holds no trained codec")
+
+
+def check_mode(model: CorrDiffModel, mode: Mode) -> None:
+    """Refuse a mode whose networks the package does not hold trained (e.g. a codec-only package)."""
+    missing = [p for p in _MODE_PARTS[mode] if p not in model.trained]
+    if missing:
+        usable = [m.name.lower() for m, parts in _MODE_PARTS.items() if all(p in model.trained for p in parts)]
+        raise ModelPackageError(f"mode {mode.name.lower()} needs a trained {' and '.join(missing)} network, which this "
+                                f"model does not hold (it has: {', '.join(model.trained)}); use --mode "
+                                f"{' or '.join(usable)}")
 
 
 @torch.no_grad()
@@ -141,6 +168,7 @@ def compress(
     """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1]) on the model's device;
     the reconstruction comes back on the CPU. ``pick``: choose the λ levels by :class:`LambdaPick`
     instead of least squares (CorrDiff mode only)."""
+    check_mode(model, mode)
     x = _as_tensor(image).float().to(_device(model))
     h, w = x.shape[-2:]
     steps = model.config.diffusion.steps if steps is None else steps
@@ -183,6 +211,7 @@ def decompress(model: CorrDiffModel, data: bytes, *, max_pixels: int = MAX_PIXEL
     decoding untrusted input on a small machine.
     """
     stream = parse(data, expect_model=model.hash_bytes)
+    check_mode(model, stream.mode)
     if stream.width * stream.height > max_pixels:
         raise BitstreamError(f"{stream.width}x{stream.height} exceeds the decoder's limit of {max_pixels} pixels")
     m = _multiple(model)

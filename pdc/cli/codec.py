@@ -1,21 +1,23 @@
-"""``pdc compress``, ``pdc decompress``, ``pdc eval``: the codec on the user's own images."""
+"""``pdc compress``, ``pdc decompress``: the codec on the user's own images (``pdc eval`` is an alias of
+``pdc evaluate``, :mod:`pdc.cli.evaluate`)."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from pdc.errors import BitstreamError, ModelPackageError, PdcError
 
 ModelOpt = Annotated[
-    str,
-    typer.Option("--model", "-m", help="Model package directory, or an MLflow URI such as models:/corrdiff@champion."),
+    str | None,
+    typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI such as "
+                                       "models:/corrdiff@champion (default: the shipped model, pdc/zoo/small)."),
 ]
-ModeOpt = Annotated[str, typer.Option(help="corrdiff (default), diffusion (all λ = 0), e2e (privileged decoder) or codec (g_s only).")]
+ModeOpt = Annotated[str | None, typer.Option(help="corrdiff, diffusion (all λ = 0), e2e (privileged decoder) or codec "
+                                                  "(g_s only); default: corrdiff, or the richest mode a partial "
+                                                  "model (e.g. codec-only) decodes.")]
 StepsOpt = Annotated[int | None, typer.Option(help="DDIM steps K (default: the model's).", min=1, max=64)]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the initial noise (stored in the stream).", min=0)]
 GammaOpt = Annotated[
@@ -31,8 +33,13 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or c
                                              "device class that wrote it (see README, Devices).")]
 
 
-def model_path(spec: str) -> Path:
-    """A local directory for a model spec: a path, or an MLflow ``models:/name@alias`` URI."""
+def model_path(spec: str | None) -> Path:
+    """A local directory for a model spec: a path, an MLflow ``models:/name@alias`` URI, or None for the
+    shipped model set."""
+    if spec is None:
+        from pdc.zoo import default_model
+
+        return default_model()
     if spec.startswith("models:/"):
         from pdc.tracking import download_registered_model  # the only place the CLI touches MLflow
 
@@ -43,7 +50,7 @@ def model_path(spec: str) -> Path:
     return path
 
 
-def load_model(spec: str, rate: int = 0, device: str = "cpu"):
+def load_model(spec: str | None, rate: int = 0, device: str = "cpu"):
     """One rate point of a model package or model set, from a path or an MLflow URI, on ``device``
     (auto, cpu or cuda)."""
     from pdc.devices import codec_device
@@ -62,10 +69,11 @@ def _mode(name: str):
 
 
 def compress(
-    image: Annotated[Path, typer.Argument(help="Image to compress (PNG, JPEG, WebP, TIFF, ...).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the .pdc stream.")],
-    model: ModelOpt,
-    mode: ModeOpt = "corrdiff",
+    image: Annotated[Path, typer.Argument(help="Image to compress (PNG, JPEG, WebP, TIFF, ...), or a folder of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the .pdc stream (for a folder: the "
+                                                                  "folder to write <name>.pdc files into).")],
+    model: ModelOpt = None,
+    mode: ModeOpt = None,
     steps: StepsOpt = None,
     seed: SeedOpt = 0,
     gamma: GammaOpt = None,
@@ -76,98 +84,124 @@ def compress(
                        "squares (encoder only, ≈ 10× slower to encode; any decoder reads the result).")] = False,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Compress one image into a versioned .pdc stream."""
-    from pdc.codec import LambdaPick
+    """Compress an image (or every image of a folder) into versioned .pdc streams."""
+    from pdc.codec import LambdaPick, best_mode
     from pdc.codec import compress as run
     from pdc.fsutil import atomic_write_bytes
-    from pdc.imageio import read_image, write_image
+    from pdc.imageio import image_files, read_image, write_image
     from pdc.metrics import bpp
+    from pdc.progress import progress_bar
 
-    img = read_image(image)
-    if pick and mode != "corrdiff":
+    if pick and mode not in (None, "corrdiff"):
         raise PdcError("--pick chooses λ levels: it needs --mode corrdiff")
-    enc = run(load_model(model, rate, device), img, mode=_mode(mode), steps=steps, seed=seed, gamma=gamma,
-              pick=LambdaPick() if pick else None)
-    atomic_write_bytes(output, enc.data)
-    if recon is not None:
-        write_image(recon, enc.reconstruction)
-    h, w = img.shape[:2]
-    typer.echo(f"{output}: {len(enc.data)} bytes, {bpp(len(enc.data), h, w):.4f} bpp ({mode}, λ section {enc.lambda_bytes} B)")
+    if image.is_dir():
+        if recon is not None and recon.suffix:
+            raise PdcError(f"{recon}: with a folder of images, --recon names a folder")
+        files = image_files(image)
+        if not files:
+            raise PdcError(f"{image}: no images (PNG, JPEG, WebP, TIFF) in this folder")
+        if output.exists() and not output.is_dir():
+            raise PdcError(f"{output}: exists and is not a folder")
+    else:
+        files = [image]
+    net = load_model(model, rate, device)
+    coding = _mode(mode) if mode is not None else best_mode(net)
+    mode = coding.name.lower()
+    if pick and mode != "corrdiff":
+        raise PdcError(f"--pick chooses λ levels: it needs --mode corrdiff, which this model cannot decode ({mode})")
+    failed: list[str] = []
+    rates: list[float] = []
+    with progress_bar(len(files), "compress", unit="image", enabled=len(files) > 1) as bar:
+        for f in files:
+            try:
+                img = read_image(f)
+            except PdcError as exc:  # one unreadable file does not stop the folder; reported at the end
+                failed.append(str(exc))
+                bar.update(1)
+                continue
+            enc = run(net, img, mode=coding, steps=steps, seed=seed, gamma=gamma,
+                      pick=LambdaPick() if pick else None)
+            dest = output / f"{f.stem}.pdc" if image.is_dir() else output
+            atomic_write_bytes(dest, enc.data)
+            if recon is not None:
+                write_image(recon / f"{f.stem}.png" if image.is_dir() else recon, enc.reconstruction)
+            h, w = img.shape[:2]
+            rates.append(bpp(len(enc.data), h, w))
+            bar.update(1)
+            if not image.is_dir():
+                typer.echo(f"{dest}: {len(enc.data)} bytes, {rates[-1]:.4f} bpp ({mode}, λ section "
+                           f"{enc.lambda_bytes} B)")
+    if image.is_dir():
+        typer.echo(f"{output}: {len(rates)} stream(s), mean {sum(rates) / max(1, len(rates)):.4f} bpp ({mode})")
+    if failed:
+        raise PdcError(f"{len(failed)} file(s) not compressed: " + "; ".join(failed))
 
 
 def decompress(
     stream: Annotated[Path, typer.Argument(help="A .pdc file written by `pdc compress`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output PNG.")],
-    model: ModelOpt,
-    rate: RateOpt = 0,
+    model: ModelOpt = None,
+    rate: Annotated[int | None, typer.Option(help="Rate point of a model set (default: the one whose id the stream "
+                                                  "carries).", min=0)] = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Decode a .pdc stream to PNG (the model must be the one that wrote it)."""
+    """Decode a .pdc stream to PNG with the model that wrote it (a model set's rate point is found from the
+    stream's model id)."""
     from pdc.codec import decompress as run
+    from pdc.devices import codec_device
     from pdc.imageio import write_image
+    from pdc.models.package import load_package
 
-    if not stream.is_file():
-        raise BitstreamError(f"{stream}: no such file")
-    size = stream.stat().st_size
-    if size > MAX_STREAM_BYTES:
-        raise BitstreamError(f"{stream}: {size} bytes is larger than any valid stream")
+    data = read_stream(stream)
+    path = model_path(model)
     try:
-        image = run(load_model(model, rate, device), stream.read_bytes())
+        member = rate_for_stream(path, data) if rate is None else None
+        net = load_package(member) if member is not None else load_model(str(path), rate or 0, device)
+        image = run(net.to(codec_device(device)), data)
     except BitstreamError as exc:
         raise BitstreamError(f"{stream}: {exc}") from None
     write_image(output, image)
     typer.echo(f"{output}: {image.shape[-1]}x{image.shape[-2]}")
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else f"{v:.4f}"
-    return str(v)
+def read_stream(stream: Path) -> bytes:
+    """The bytes of a .pdc file, refusing a missing or implausibly large file before reading it."""
+    if not stream.is_file():
+        raise BitstreamError(f"{stream}: no such file")
+    size = stream.stat().st_size
+    if size > MAX_STREAM_BYTES:
+        raise BitstreamError(f"{stream}: {size} bytes is larger than any valid stream")
+    return stream.read_bytes()
 
 
-def evaluate(
-    images: Annotated[Path, typer.Argument(help="Folder of test images (e.g. Kodak).")],
-    model: ModelOpt,
-    modes: Annotated[str, typer.Option(help="Comma-separated modes to evaluate.")] = "corrdiff,diffusion,e2e",
-    steps: StepsOpt = None,
-    gamma: GammaOpt = None,
-    crop: Annotated[int | None, typer.Option(help="Centre-crop each image to this size (quick runs).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the full results as JSON here.")] = None,
-    lpips: Annotated[bool, typer.Option(help="Compute LPIPS (alex and VGG).")] = True,
-    rate: RateOpt = 0,
-    device: DeviceOpt = "auto",
-) -> None:
-    """Mean bpp, PSNR, MS-SSIM, LPIPS of each mode of one rate point on a folder: a view of `pdc evaluate`
-    (same code, no classic codecs, no FID), as a table and JSON (per-image rows included)."""
-    import tempfile
+def rate_for_stream(model: Path, data: bytes) -> Path:
+    """The package of ``model`` (a set or a package) whose id the stream carries; a clear error if none."""
+    from pdc.bitstream import parse
+    from pdc.models.package import rate_packages, read_metadata
 
-    from rich.console import Console
-    from rich.table import Table
+    want = parse(data).model_id.hex()
+    members = rate_packages(model)
+    for member in members:
+        if read_metadata(member)["hash"][:32] == want:
+            return member
+    raise BitstreamError(f"the stream was written by model {want}, which is none of the {len(members)} rate "
+                         f"point(s) of {model}: decode with the model set that wrote it")
 
-    from pdc.fsutil import atomic_write_bytes
-    from pdc.models.package import rate_packages
-    from pdc.rd import evaluate_model_set
 
-    members = rate_packages(model_path(model))
-    if not 0 <= rate < len(members):
-        raise PdcError(f"{model}: rate index {rate} out of range (the set has {len(members)} rate points)")
-    keys = [_mode(m.strip()).name.lower() for m in modes.split(",") if m.strip()]
-    if gamma is not None and "corrdiff" in keys:
-        keys[keys.index("corrdiff")] = f"corrdiff-g{gamma:g}"
-    with tempfile.TemporaryDirectory(prefix="pdc-eval-") as tmp:
-        summary = evaluate_model_set(
-            members[rate], images, Path(tmp) / "eval", limit=limit, crop=crop, steps=steps,
-            gammas=(gamma,) if gamma is not None else (), classic=[], with_lpips=lpips,
-            systems=[k for k in keys if k != "e2e-noise"], device=device,
-        )
-    if output is not None:
-        atomic_write_bytes(output, (json.dumps(summary, indent=2) + "\n").encode())
-    cols = ["bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg", "lambda_bytes", "encode_s", "decode_s"]
-    table = Table(title=f"{summary['images']['count']} images from {images} (rate point {rate})")
-    table.add_column("mode")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for row in summary["rows"]:
-        table.add_row(row["system"], *[_fmt(row.get(c, float("nan"))) for c in cols])
-    Console().print(table)
+def info(stream: Annotated[Path, typer.Argument(help="A .pdc file.")]) -> None:
+    """Print a stream's header: mode, image size, steps, seed, model id, section sizes, bpp."""
+    from pdc.bitstream import parse
+    from pdc.metrics import bpp
+
+    data = read_stream(stream)
+    try:
+        s = parse(data)
+    except BitstreamError as exc:
+        raise BitstreamError(f"{stream}: {exc}") from None
+    typer.echo(f"{stream}: pdc stream v1, {len(data)} bytes, {bpp(len(data), s.height, s.width):.4f} bpp")
+    typer.echo(f"  mode      {s.mode.name.lower()}")
+    typer.echo(f"  size      {s.width}x{s.height}")
+    typer.echo(f"  steps     {s.steps}    seed {s.seed}")
+    typer.echo(f"  model id  {s.model_id.hex()}")
+    for kind, payload in sorted(s.sections.items()):
+        typer.echo(f"  section   {kind.name.lower():<7} {len(payload)} bytes")

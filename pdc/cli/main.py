@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Annotated
 
 import typer
 
+from pdc import __version__
 from pdc.cli import data as data_cli
 from pdc.cli import codec as codec_cli
 from pdc.cli import evaluate as evaluate_cli
@@ -28,12 +30,29 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pdc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Options of ``pdc`` itself (the app's help text stays the one given to ``typer.Typer``)."""
+
+
 app.add_typer(metrics_cli.app, name="metrics")
 app.add_typer(data_cli.app, name="data")
 app.command("weights")(metrics_cli.weights)
 app.command("compress")(codec_cli.compress)
 app.command("decompress")(codec_cli.decompress)
-app.command("eval")(codec_cli.evaluate)
+app.command("info")(codec_cli.info)
+app.command("eval", help="Alias of `pdc evaluate` (same options; says so on stderr).")(evaluate_cli.eval_alias)
 app.command("evaluate")(evaluate_cli.evaluate)
 app.add_typer(train_cli.app, name="train")
 app.add_typer(train_cli.pipeline_app, name="pipeline")

@@ -35,12 +35,18 @@ Work = Annotated[Path | None, typer.Option(help="Checkpoint folder: a killed run
                                                 "(default: checkpoints/<r>/<stage>).")]
 Metrics = Annotated[Path | None, typer.Option(help="Metrics JSON (and loss history CSV) to write "
                                                    "(default: metrics/<r>/<stage>.json).")]
+Track = Annotated[bool | None, typer.Option("--track/--no-track", help="Log the training loop live to MLflow "
+                                           "(default: when a store is configured: MLFLOW_TRACKING_URI, "
+                                           "PDC_TRACKING_URI or params.yaml pipeline.tracking_uri; nested under "
+                                           "$PDC_MLFLOW_PARENT_RUN when set).")]
 
 
 def _stage_command(spec: TrainStage):
     def command(rate_point: Rate, data: Data = None, init: Init = None, out: Out = None, workdir: Work = None,
                 params: Params = Path("params.yaml"), profile: ProfileOpt = None, metrics: Metrics = None,
-                workers: Workers = None) -> None:
+                workers: Workers = None, track: Track = None) -> None:
+        from contextlib import nullcontext
+
         from pdc.config import load_params
         from pdc.pipeline import Layout
         from pdc.scale import with_num_workers
@@ -55,12 +61,27 @@ def _stage_command(spec: TrainStage):
             workdir=(workdir or lay.checkpoints(rate_point, spec.name)) if spec.checkpoints else None,
             metrics=metrics or lay.stage_metrics(rate_point, spec.name),
         )
+        tracking = None
+        if track is not False:
+            from pdc.tracking import TrackingError, tracking_for_training
+
+            tracking = tracking_for_training(p)
+            if track and tracking is None:
+                raise TrackingError("--track: no MLflow store configured (MLFLOW_TRACKING_URI, PDC_TRACKING_URI or "
+                                    "params.yaml pipeline.tracking_uri) or MLflow is not installed")
         if p.active.scaling.num_workers > 1:
             from pdc.scale import run_stage_scaled
 
-            res = run_stage_scaled(spec.name, params, profile, rate_point, num_workers=workers, **paths)
+            res = run_stage_scaled(spec.name, params, profile, rate_point, num_workers=workers, live=tracking is not None,
+                                   **paths)
         else:
-            res = run_stage(spec.name, p, rate_point, **paths)
+            live = nullcontext(None)
+            if tracking is not None:
+                from pdc.tracking import live_stage_run
+
+                live = live_stage_run(p, spec.name, rate_point, metrics=paths["metrics"], **tracking)
+            with live as log:
+                res = run_stage(spec.name, p, rate_point, log=log, **paths)
         shown = {k: v for k, v in res.items() if isinstance(v, (int, float, str)) and k != "stage"}
         typer.echo(f"{spec.name} [{rate_point}]: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
@@ -87,6 +108,23 @@ def collect(stages: Annotated[Path | None, typer.Option(help="Folder holding <ra
     out = out or lay.model_set
     index = run(p, stages or lay.stages_dir, out)
     typer.echo(f"{out}: {len(index['packages'])} rate points")
+
+
+@app.command("export")
+def export_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="A codec stage checkpoint (checkpoints/<r>/codec/codec.ckpt.pt).")],
+    rate_point: Rate,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Package directory to write.")],
+    params: Params = Path("params.yaml"), profile: ProfileOpt = None,
+) -> None:
+    """Write the codec of a stage checkpoint as a codec-only package, e.g. to warm-start other rate points
+    (`pdc train codec --init`) from a run that is still training."""
+    from pdc.config import load_params
+    from pdc.models.package import export_codec_checkpoint
+
+    p = load_params(params, profile)
+    res = export_codec_checkpoint(checkpoint, p.active.model, p.rate_point(rate_point), out)
+    typer.echo(f"{out}: codec at step {res['step']} (hash {res['hash'][:16]})")
 
 
 @app.command("plot-losses")
@@ -125,6 +163,29 @@ def dvc_yaml_cmd(
         return
     atomic_write_bytes(out, text.encode())
     typer.echo(f"wrote {out}")
+
+
+@pipeline_app.command("promote")
+def promote_cmd(params: Params = Path("params.yaml"), profile: ProfileOpt = None) -> None:
+    """Production: register the workspace's model set (models/corrdiff, judged by eval/) in MLflow and move
+    `champion` if it wins. Experiments (`dvc exp run`, pipeline.promote: false) never touch the registry;
+    run this after `dvc repro` or `dvc exp apply` of the run to release (it reuses that run's MLflow run)."""
+    from pdc.config import load_params
+    from pdc.errors import ConfigError
+    from pdc.pipeline import Layout
+    from pdc.tracking import log_pipeline, tracking_uri
+
+    p = load_params(params, profile)
+    lay = Layout.of(p)
+    if not (lay.model_set / "index.json").is_file():
+        raise ConfigError(f"{lay.model_set}: no model set to promote; run the pipeline first (dvc repro)")
+    if not (lay.eval_dir / "summary.json").is_file():
+        raise ConfigError(f"{lay.eval_dir}: no evaluation of {lay.model_set}; run the pipeline first (dvc repro)")
+    r = log_pipeline(p, lay.model_set, lay.metrics_dir, lay.eval_dir, promote=True,
+                     extra_tags={"orchestrator": "pdc pipeline promote"})
+    typer.echo(f"MLflow {tracking_uri(p)}: run {r['run_id']}, {p.pipeline.registered_model} v{r['version']}"
+               f"{' (new)' if r['new_version'] else ''}: {'promoted' if r['promoted'] else 'not promoted'} "
+               f"({r['reason']}); champion is v{r['champion']}")
 
 
 @pipeline_app.command("evaluate")

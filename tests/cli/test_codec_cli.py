@@ -90,3 +90,67 @@ def test_device_option_round_trips_on_cpu_and_refuses_a_missing_gpu(tmp_path, mo
                                 "--device", "cuda"), "no CUDA GPU is available")
     _one_line_error(run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_dir), "--device", "tpu"),
                     "unknown device 'tpu'")
+
+
+@pytest.fixture(scope="module")
+def model_set(tmp_path_factory) -> Path:
+    """Two rate points (different seeds, so different model ids), codec mode only."""
+    from pdc.config import parse_model_config
+    from pdc.models.package import init_model, save_package, write_model_set
+
+    from tests.models.conftest import MICRO
+
+    root = tmp_path_factory.mktemp("set")
+    members = []
+    for seed in (0, 1):
+        m = init_model(parse_model_config(MICRO), seed=seed)
+        save_package(m, root / f"p{seed}")
+        members.append(root / f"p{seed}")
+    write_model_set(root / "set", members)
+    return root / "set"
+
+
+def test_decompress_finds_the_rate_point_from_the_stream(tmp_path, model_set, image):
+    """The stream's model id names its rate point: decompress needs no --rate; a wrong --rate says the
+    model id differs; `pdc info` prints the header."""
+    stream, recon, out = tmp_path / "a.pdc", tmp_path / "sim.png", tmp_path / "out.png"
+    r = run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_set), "--rate", "1",
+                "--mode", "codec", "--recon", str(recon))
+    assert r.returncode == 0, r.stderr
+    r = run_pdc("decompress", str(stream), "-o", str(out), "--model", str(model_set))
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read_image(out), read_image(recon))
+    _one_line_error(run_pdc("decompress", str(stream), "-o", str(tmp_path / "o.png"), "--model", str(model_set),
+                            "--rate", "0"), "stream was written by model")
+    r = run_pdc("info", str(stream))
+    assert r.returncode == 0, r.stderr
+    assert "mode      codec" in r.stdout and "size      130x100" in r.stdout and "section   y" in r.stdout
+    _one_line_error(run_pdc("info", str(image)), "bad magic")
+
+
+def test_compress_a_folder(tmp_path, model_dir, image):
+    """A folder in, a folder of streams out (one per image, each decodable); an unreadable file is named."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    write_image(src / "a.png", read_image(image))
+    write_image(src / "b.png", read_image(image)[:64, :80])
+    r = run_pdc("compress", str(src), "-o", str(tmp_path / "out"), "--model", str(model_dir), "--mode", "e2e")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.pdc", "b.pdc"]
+    assert "2 stream(s)" in r.stdout
+    r = run_pdc("decompress", str(tmp_path / "out" / "b.pdc"), "-o", str(tmp_path / "b.png"), "--model", str(model_dir))
+    assert r.returncode == 0 and read_image(tmp_path / "b.png").shape == (64, 80, 3), r.stderr
+    (src / "c.png").write_bytes(b"not a png")
+    r = run_pdc("compress", str(src), "-o", str(tmp_path / "out2"), "--model", str(model_dir), "--mode", "e2e")
+    assert r.returncode == 2 and "c.png" in r.stderr and (tmp_path / "out2" / "a.pdc").is_file(), r.stderr
+
+
+def test_no_model_and_no_shipped_model_says_how_to_get_one(tmp_path, image, monkeypatch):
+    """Without --model the shipped set is used; where there is none, one line says how to get a model."""
+    import pdc.zoo as zoo
+
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "nothing")
+    from pdc.errors import ModelPackageError
+
+    with pytest.raises(ModelPackageError, match="no --model given and no shipped model"):
+        zoo.default_model()

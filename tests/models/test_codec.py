@@ -168,3 +168,27 @@ def test_fuzz_checksum_valid_garbage(micro_model, valid_stream, data):
     except BitstreamError:
         return
     assert out.shape == (1, 3, 96, 80) and torch.isfinite(out).all()
+
+
+def test_codec_only_package_decodes_in_codec_mode_and_refuses_the_others(tmp_path):
+    """A codec stage's package (the codec alone) is a working codec: mode codec round-trips through the
+    file; the modes that need an untrained network are refused by name instead of decoding noise."""
+    import numpy as np
+
+    from pdc.bitstream import Mode
+    from pdc.codec import compress, decompress
+    from pdc.config import parse_model_config
+    from pdc.errors import ModelPackageError
+    from pdc.models.package import init_model, load_package, save_package
+    from tests.models.conftest import MICRO
+
+    model = init_model(parse_model_config(MICRO), seed=0)
+    model.trained = ("codec",)
+    save_package(model, tmp_path / "codec")
+    loaded = load_package(tmp_path / "codec")
+    img = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    enc = compress(loaded, img, mode=Mode.CODEC)
+    assert torch.equal(decompress(loaded, enc.data), enc.reconstruction)
+    for mode in (Mode.E2E, Mode.DIFFUSION, Mode.CORRDIFF):
+        with pytest.raises(ModelPackageError, match="use --mode codec"):
+            compress(loaded, img, mode=mode)
