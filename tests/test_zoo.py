@@ -1,0 +1,62 @@
+"""The shipped model (pdc/zoo/small) against its committed golden streams (written by tests/golden.py).
+
+Decoding a golden stream gives the recorded image bit for bit; coding the crop again gives the golden
+bytes (same model + same image ⇒ same stream); bpp and PSNR match the recorded figures; altered weights
+are refused by their hash.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.golden import CROP, GOLDEN, code_all, pixels_digest
+
+EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
+
+
+def test_golden_streams_decode_to_the_recorded_images():
+    from pdc.codec import decompress
+    from pdc.imageio import read_image, tensor_to_uint8
+    from pdc.models.package import load_package
+    from pdc.zoo import SHIPPED
+
+    index = json.loads((SHIPPED / "index.json").read_text())
+    assert sorted(EXPECTED) == sorted(e["name"] for e in index["packages"])
+    for name, want in EXPECTED.items():
+        decoded = tensor_to_uint8(decompress(load_package(SHIPPED / name), (GOLDEN / f"{name}.pdc").read_bytes()))
+        assert decoded.shape == read_image(CROP).shape
+        assert pixels_digest(decoded) == want["decoded_sha256"], name
+
+
+def test_coding_the_crop_again_gives_the_golden_bytes_and_figures():
+    from pdc.imageio import read_image
+
+    got = code_all(read_image(CROP))
+    for name, want in EXPECTED.items():
+        assert got[name]["stream"] == (GOLDEN / f"{name}.pdc").read_bytes(), name
+        assert got[name]["bpp"] == pytest.approx(want["bpp"], abs=1e-9)
+        assert got[name]["psnr"] == pytest.approx(want["psnr"], abs=0.01)
+    rates = [EXPECTED[n]["bpp"] for n in sorted(EXPECTED)]
+    assert rates == sorted(rates), "rate points must be ordered low rate first"
+
+
+def test_altered_shipped_weights_are_refused_by_name(tmp_path):
+    import torch
+
+    from pdc.errors import ModelPackageError
+    from pdc.models.package import load_package
+    from pdc.zoo import SHIPPED
+
+    name = sorted(EXPECTED)[0]
+    copy = tmp_path / name
+    shutil.copytree(SHIPPED / name, copy)
+    parts = torch.load(copy / "weights.pt", weights_only=True)
+    key = next(iter(parts["codec"]))
+    parts["codec"][key] = parts["codec"][key] + 1e-3
+    torch.save(parts, copy / "weights.pt")
+    with pytest.raises(ModelPackageError, match=f"{copy}.*hash mismatch"):
+        load_package(copy)
