@@ -18,7 +18,7 @@ def test_shipped_params_validate_for_every_profile():
         p = load_params(REPO / "params.yaml", name)
         assert p.active.model.diffusion.steps >= 1
     tiny = load_params(REPO / "params.yaml")
-    assert tiny.profile == "tiny" and tiny.rate_names() == ["r0", "r1"]
+    assert tiny.profile == "tiny" and tiny.rate_names() == ["r0", "r1", "r2"]  # ~0.1–0.5 bpp, low rate first
 
 
 def _write(tmp_path: Path, doc: dict) -> Path:
