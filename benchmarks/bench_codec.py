@@ -37,7 +37,7 @@ from pdc.config import StageTrainConfig, load_params
 from pdc.imageio import read_image, uint8_to_tensor
 
 REPO = Path(__file__).resolve().parents[1]
-KODIM01 = (REPO / "data/raw/kodak/kodim01.png", REPO.parent / "shared/data/kodak/kodim01.png")
+KODIM01 = (REPO / "data/test/kodak/kodim01.png", REPO.parent / "shared/data/kodak/kodim01.png")
 
 
 def default_image() -> tuple[str, np.ndarray]:
