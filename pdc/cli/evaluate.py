@@ -203,8 +203,10 @@ def default_training_data() -> tuple[Path | None, float | None]:
 
 def evaluate(
     model: Annotated[
-        str, typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI (models:/corrdiff@champion).")
-    ],
+        str | None, typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI "
+                                                       "(models:/corrdiff@champion); default: the shipped model "
+                                                       "(pdc/zoo/small; codec-only for now: --systems codec).")
+    ] = None,
     images: Annotated[Path, typer.Option(help="Test images: a folder (Kodak: `pdc data fetch kodak` → "
                                               "data/test/kodak) or a shards folder (its val split).")] = DEFAULT_IMAGES,
     fid_images: Annotated[
