@@ -1,5 +1,5 @@
 """The shipped codec (pdc/zoo/small, `codec` mode) against JPEG, WebP and AVIF on Kodak: the table of
-pdc/zoo/MODEL_CARD.md and docs/results.md, and its BD-rates.
+pdc/zoo/small/MODEL_CARD.md and docs/results.md, and its BD-rates.
 
 Every point is a real file (decoded from disk); bpp counts every byte. BD-rate on PSNR and LPIPS-alex
 (negative = fewer bits for the same quality) of the codec against each classic codec, fitted on all

@@ -150,13 +150,13 @@ def decompress(
     from pdc.codec import decompress as run
     from pdc.devices import codec_device
     from pdc.imageio import write_image
-    from pdc.models.package import load_package
+    from pdc.models.package import load_package, load_rate_point
 
     data = read_stream(stream)
     path = model_path(model)
     try:
         member = rate_for_stream(path, data) if rate is None else None
-        net = load_package(member) if member is not None else load_model(str(path), rate or 0, device)
+        net = load_package(member) if member is not None else load_rate_point(path, rate or 0)
         image = run(net.to(codec_device(device)), data)
     except BitstreamError as exc:
         raise BitstreamError(f"{stream}: {exc}") from None
