@@ -26,3 +26,14 @@ def lpips_reference() -> Path:
 @pytest.fixture(scope="session")
 def kodak() -> Path:
     return shared("kodak")
+
+
+@pytest.fixture(autouse=True)
+def _no_sticky_mlflow_store():
+    """pdc points MLflow at a store with ``mlflow.set_tracking_uri``, which outranks $MLFLOW_TRACKING_URI for
+    the rest of the process: reset it after every test so no test logs into an earlier test's store."""
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)

@@ -41,6 +41,7 @@ def logged(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)  # the server reads this store; no earlier test's store may take the model
         exp = mlflow.create_experiment("serve", artifact_location=(root / "artifacts").as_uri())
         from pdc.mlflow_model import log_model_set
 

@@ -1,6 +1,7 @@
 """The shipped model (pdc/zoo/small) against its committed golden streams (written by tests/golden.py).
 
-Decoding a golden stream gives the recorded image bit for bit; coding the crop again gives the golden
+Decoding a golden stream gives the recorded image (bit for bit on the recording machine; within one code
+value on a rare pixel elsewhere, see tests/golden.py); coding the crop again gives the golden
 bytes (same model + same image ⇒ same stream); bpp and PSNR match the recorded figures; altered weights
 are refused by their hash.
 """
@@ -13,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.golden import CROP, GOLDEN, code_all, pixels_digest
+from tests.golden import CROP, GOLDEN, MAX_CHANGED_SHARE, MAX_PIXEL_STEP, code_all, pixels_digest
 
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
 
@@ -28,8 +29,12 @@ def test_golden_streams_decode_to_the_recorded_images():
     assert sorted(EXPECTED) == sorted(e["name"] for e in index["packages"])
     for name, want in EXPECTED.items():
         decoded = tensor_to_uint8(decompress(load_package(SHIPPED / name), (GOLDEN / f"{name}.pdc").read_bytes()))
-        assert decoded.shape == read_image(CROP).shape
-        assert pixels_digest(decoded) == want["decoded_sha256"], name
+        recorded = read_image(GOLDEN / f"{name}_decoded.png")
+        assert pixels_digest(recorded) == want["decoded_sha256"], f"{name}: the committed decode was altered"
+        assert decoded.shape == recorded.shape == read_image(CROP).shape
+        step = np.abs(decoded.astype(np.int16) - recorded.astype(np.int16))
+        assert step.max() <= MAX_PIXEL_STEP and (step > 0).mean() <= MAX_CHANGED_SHARE, (
+            f"{name}: {int((step > 0).sum())} values differ, by up to {int(step.max())}")
 
 
 def test_coding_the_crop_again_gives_the_golden_bytes_and_figures():
