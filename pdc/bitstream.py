@@ -5,7 +5,8 @@ All integers are big-endian. A file is a fixed 48-byte header, a list of section
     offset  size  field
     0       4     magic            b"PDC\\x89"  (the \\x89 byte catches 7-bit/text transfers)
     4       1     format version   1
-    5       1     mode             0 = e2e, 1 = diffusion (all λ = 0), 2 = corrdiff, 3 = codec (g_s only)
+    5       1     mode             0 = e2e, 1 = diffusion (all λ = 0), 2 = corrdiff, 3 = codec (g_s only),
+                                   4 = corrdiff-nobits (corrdiff's correction under a fixed λ schedule, no λ bits)
     6       2     flags            0 (reserved; a reader refuses unknown bits)
     8       16    model id         first 16 bytes of the model package's SHA-256 content hash
     24      4     width            original image width in pixels  (1 … 16384)
@@ -18,7 +19,8 @@ All integers are big-endian. A file is a fixed 48-byte header, a list of section
     end−4   4     CRC32            of every byte before it (zlib.crc32)
 
 Section types: 1 = z string (hyper-latent), 2 = y string (latent), 3 = λ string (rANS-coded levels,
-present in corrdiff mode only). Sections may appear in any order, each at most once; z and y are
+present in corrdiff mode only: a corrdiff-nobits decoder derives its levels from the model package,
+:func:`pdc.codec.fixed_levels`). Sections may appear in any order, each at most once; z and y are
 required. Every byte of the file counts towards bpp.
 
 A reader checks, before allocating anything image-sized: length, magic, version, CRC, flags, mode,
@@ -51,17 +53,26 @@ class Mode(enum.IntEnum):
     DIFFUSION = 1
     CORRDIFF = 2
     CODEC = 3  # the hyperprior's own synthesis g_s: the MSE baseline the other decoders start from
+    # CorrDiff's correction towards x_e under a λ schedule the decoder knows without bits: the control
+    # that shows what the decoder can do alone, i.e. what the λ section is worth
+    CORRDIFF_NOBITS = 4
 
     @property
     def uses_diffusion(self) -> bool:
-        return self in (Mode.DIFFUSION, Mode.CORRDIFF)
+        return self in (Mode.DIFFUSION, Mode.CORRDIFF, Mode.CORRDIFF_NOBITS)
+
+    @property
+    def label(self) -> str:
+        """The name users type and see (``corrdiff-nobits``)."""
+        return self.name.lower().replace("_", "-")
 
     @classmethod
     def parse(cls, name: str) -> Mode:
         try:
-            return cls[name.upper()]
+            return cls[name.upper().replace("-", "_")]
         except KeyError:
-            raise ValueError(f"unknown mode {name!r} (use corrdiff, diffusion, e2e or codec)") from None
+            raise ValueError(f"unknown mode {name!r} (use corrdiff, corrdiff-nobits, diffusion, e2e or "
+                             "codec)") from None
 
 
 class Section(enum.IntEnum):
@@ -156,7 +167,8 @@ def parse(data: bytes, *, expect_model: bytes | None = None) -> Stream:
         if required not in sections:
             raise BitstreamError(f"missing {required.name} section")
     if (Section.LAMBDA in sections) != (mode_ == Mode.CORRDIFF):
-        raise BitstreamError("λ section present in a non-corrdiff stream, or missing in a corrdiff one")
+        raise BitstreamError(f"λ section present in a {mode_.label} stream (only corrdiff streams carry one)"
+                             if Section.LAMBDA in sections else "corrdiff stream without its λ section")
     if expect_model is not None and model_id != expect_model:
         raise BitstreamError(
             f"stream was written by model {model_id.hex()}, this model is {expect_model.hex()} (use the same --model)"

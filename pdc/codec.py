@@ -8,6 +8,9 @@ Encoder (sees x0)::
               writes  header | z | y | λ | CRC   and returns the reconstruction it simulated
 
 Decoder: parse + verify ─▶ ŷ ─▶ the same sampler with the transmitted λ levels ─▶ the same image.
+
+Mode corrdiff-nobits runs the same corrected sampler on both sides with :func:`fixed_levels` instead of
+the encoder's choice, and writes no λ section: the decoder's correction on its own.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class LambdaPick:
 class Encoded(NamedTuple):
     data: bytes  # the complete .pdc file
     reconstruction: torch.Tensor  # (1, 3, H, W) in [0, 1]: what the decoder will output
-    levels: list[int]  # λ level per sampling step (empty in e2e mode)
+    levels: list[int]  # λ level per sampling step (empty in e2e and codec modes; fixed_levels in corrdiff-nobits)
     lambda_star: list[float]  # unquantized least-squares λ* per corrected step
     lambda_bytes: int  # size of the λ section payload
 
@@ -71,6 +74,20 @@ def step_tables(model: CorrDiffModel, steps: int) -> torch.Tensor:
     coded = correctable_steps(model.config.correction, steps)
     tables = model.tables if len(model.tables) == steps else uniform_tables(steps, model.config.correction.levels)
     return tables[coded]
+
+
+def fixed_levels(model: CorrDiffModel, steps: int) -> list[int]:
+    """The λ level of every sampling step in corrdiff-nobits mode (0 where no step is coded).
+
+    At a coded step, the level nearest the mean of that step's table (:func:`step_tables`; ties go up):
+    the tables are fitted on the levels the encoder chose on training images, so their mean is the
+    decoder's best constant guess of the encoder's λ without seeing any bits. Computed from the package
+    alone (exactly summed on the CPU), so the encoder and every decoder agree on it.
+    """
+    levels = [0] * steps
+    for k, pmf in zip(correctable_steps(model.config.correction, steps), step_tables(model, steps).cpu().tolist()):
+        levels[k] = math.floor(math.fsum(q * p for q, p in enumerate(pmf)) + 0.5)
+    return levels
 
 
 def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -133,7 +150,8 @@ def _pick(model: CorrDiffModel, pick: LambdaPick, least_squares: SampleResult, x
 
 #: The trained networks each mode decodes with.
 _MODE_PARTS = {Mode.CODEC: ("codec",), Mode.E2E: ("codec", "privileged"), Mode.DIFFUSION: ("codec", "diffusion"),
-               Mode.CORRDIFF: ("codec", "diffusion", "privileged")}
+               Mode.CORRDIFF: ("codec", "diffusion", "privileged"),
+               Mode.CORRDIFF_NOBITS: ("codec", "diffusion", "privileged")}
 
 
 def best_mode(model: CorrDiffModel) -> Mode:
@@ -148,8 +166,8 @@ def check_mode(model: CorrDiffModel, mode: Mode) -> None:
     """Refuse a mode whose networks the package does not hold trained (e.g. a codec-only package)."""
     missing = [p for p in _MODE_PARTS[mode] if p not in model.trained]
     if missing:
-        usable = [m.name.lower() for m, parts in _MODE_PARTS.items() if all(p in model.trained for p in parts)]
-        raise ModelPackageError(f"mode {mode.name.lower()} needs a trained {' and '.join(missing)} network, which this "
+        usable = [m.label for m, parts in _MODE_PARTS.items() if all(p in model.trained for p in parts)]
+        raise ModelPackageError(f"mode {mode.label} needs a trained {' and '.join(missing)} network, which this "
                                 f"model does not hold (it has: {', '.join(model.trained)}); use --mode "
                                 f"{' or '.join(usable)}")
 
@@ -167,8 +185,12 @@ def compress(
 ) -> Encoded:
     """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1]) on the model's device;
     the reconstruction comes back on the CPU. ``pick``: choose the λ levels by :class:`LambdaPick`
-    instead of least squares (CorrDiff mode only)."""
+    instead of least squares (CorrDiff mode only). Mode corrdiff-nobits refuses ``gamma`` and ``pick``: its
+    λ is :func:`fixed_levels`."""
     check_mode(model, mode)
+    if mode == Mode.CORRDIFF_NOBITS and (gamma is not None or pick is not None):
+        # both choose λ at the encoder; this mode's λ is fixed, so either would silently do nothing
+        raise ValueError("corrdiff-nobits uses the fixed λ schedule: gamma and pick do not apply to it")
     x = _as_tensor(image).float().to(_device(model))
     h, w = x.shape[-2:]
     steps = model.config.diffusion.steps if steps is None else steps
@@ -194,6 +216,9 @@ def compress(
                 res = _pick(model, pick, res, x, coded, lambda lv: sample(model.diffusion, model.scheduler, y_hat,
                                                                          x_base, x_e=x_e, levels=lv, **common))
             sections[Section.LAMBDA] = encode_levels([res.levels[k] for k in coded], step_tables(model, steps))
+        elif mode == Mode.CORRDIFF_NOBITS:
+            res = sample(model.diffusion, model.scheduler, y_hat, x_base, x_e=model.privileged(y_hat),
+                         levels=fixed_levels(model, steps), **common)
         else:
             res = sample(model.diffusion, model.scheduler, y_hat, x_base, **common)
         recon, levels, stars = res.image, res.levels, res.lambda_star
@@ -230,12 +255,13 @@ def decompress(model: CorrDiffModel, data: bytes, *, max_pixels: int = MAX_PIXEL
         x_base = model.codec.g_s(y_hat).clamp(0, 1)
         dcfg = model.config.diffusion
         levels = [0] * stream.steps
-        x_e = None
         if stream.mode == Mode.CORRDIFF:
             coded = correctable_steps(model.config.correction, stream.steps)
             for k, q in zip(coded, decode_levels(stream.sections[Section.LAMBDA], step_tables(model, stream.steps))):
                 levels[k] = q
-            x_e = model.privileged(y_hat) if any(levels) else None
+        elif stream.mode == Mode.CORRDIFF_NOBITS:
+            levels = fixed_levels(model, stream.steps)
+        x_e = model.privileged(y_hat) if any(levels) else None
         recon = sample(
             model.diffusion, model.scheduler, y_hat, x_base, steps=stream.steps, seed=stream.seed,
             correction=model.config.correction, residual_scale=dcfg.residual_scale, x_e=x_e, levels=levels,

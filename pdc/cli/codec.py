@@ -15,9 +15,10 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI such as "
                                        "models:/corrdiff@champion (default: the shipped model, pdc/zoo/small)."),
 ]
-ModeOpt = Annotated[str | None, typer.Option(help="corrdiff, diffusion (all λ = 0), e2e (privileged decoder) or codec "
-                                                  "(g_s only); default: corrdiff, or the richest mode a partial "
-                                                  "model (e.g. codec-only) decodes.")]
+ModeOpt = Annotated[str | None, typer.Option(help="corrdiff, corrdiff-nobits (the same correction with a fixed λ "
+                                                  "schedule and no λ bits), diffusion (all λ = 0), e2e (privileged "
+                                                  "decoder) or codec (g_s only); default: corrdiff, or the richest "
+                                                  "mode a partial model (e.g. codec-only) decodes.")]
 StepsOpt = Annotated[int | None, typer.Option(help="DDIM steps K (default: the model's).", min=1, max=64)]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the initial noise (stored in the stream).", min=0)]
 GammaOpt = Annotated[
@@ -85,6 +86,7 @@ def compress(
     device: DeviceOpt = "auto",
 ) -> None:
     """Compress an image (or every image of a folder) into versioned .pdc streams."""
+    from pdc.bitstream import Mode
     from pdc.codec import LambdaPick, best_mode
     from pdc.codec import compress as run
     from pdc.fsutil import atomic_write_bytes
@@ -94,6 +96,8 @@ def compress(
 
     if pick and mode not in (None, "corrdiff"):
         raise PdcError("--pick chooses λ levels: it needs --mode corrdiff")
+    if gamma is not None and mode is not None and _mode(mode) == Mode.CORRDIFF_NOBITS:
+        raise PdcError("--gamma scales the encoder's λ: corrdiff-nobits uses a fixed λ schedule instead")
     if image.is_dir():
         if recon is not None and recon.suffix:
             raise PdcError(f"{recon}: with a folder of images, --recon names a folder")
@@ -106,7 +110,7 @@ def compress(
         files = [image]
     net = load_model(model, rate, device)
     coding = _mode(mode) if mode is not None else best_mode(net)
-    mode = coding.name.lower()
+    mode = coding.label
     if pick and mode != "corrdiff":
         raise PdcError(f"--pick chooses λ levels: it needs --mode corrdiff, which this model cannot decode ({mode})")
     failed: list[str] = []
@@ -199,7 +203,7 @@ def info(stream: Annotated[Path, typer.Argument(help="A .pdc file.")]) -> None:
     except BitstreamError as exc:
         raise BitstreamError(f"{stream}: {exc}") from None
     typer.echo(f"{stream}: pdc stream v1, {len(data)} bytes, {bpp(len(data), s.height, s.width):.4f} bpp")
-    typer.echo(f"  mode      {s.mode.name.lower()}")
+    typer.echo(f"  mode      {s.mode.label}")
     typer.echo(f"  size      {s.width}x{s.height}")
     typer.echo(f"  steps     {s.steps}    seed {s.seed}")
     typer.echo(f"  model id  {s.model_id.hex()}")

@@ -77,6 +77,24 @@ def test_foreign_file_and_missing_model(tmp_path, model_dir, image):
                             "--mode", "jpeg"), "unknown mode")
 
 
+def test_corrdiff_nobits_mode_via_cli(tmp_path, model_dir, image):
+    """--mode corrdiff-nobits writes a λ-free stream that decodes to the simulated image; `pdc info` names
+    the mode; --gamma, which only scales the encoder's λ, is refused for it."""
+    stream, recon, out = tmp_path / "n.pdc", tmp_path / "sim.png", tmp_path / "out.png"
+    r = run_pdc("compress", str(image), "-o", str(stream), "--model", str(model_dir), "--mode", "corrdiff-nobits",
+                "--recon", str(recon))
+    assert r.returncode == 0, r.stderr
+    assert "(corrdiff-nobits, λ section 0 B)" in r.stdout
+    r = run_pdc("decompress", str(stream), "-o", str(out), "--model", str(model_dir))
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read_image(out), read_image(recon))
+    r = run_pdc("info", str(stream))
+    assert r.returncode == 0, r.stderr
+    assert "mode      corrdiff-nobits" in r.stdout and "section   lambda" not in r.stdout
+    _one_line_error(run_pdc("compress", str(image), "-o", str(tmp_path / "g.pdc"), "--model", str(model_dir),
+                            "--mode", "corrdiff_nobits", "--gamma", "0.5"), "fixed λ schedule")
+
+
 def test_device_option_round_trips_on_cpu_and_refuses_a_missing_gpu(tmp_path, model_dir, image):
     import torch
 

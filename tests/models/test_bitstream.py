@@ -70,6 +70,25 @@ def test_lambda_section_only_in_corrdiff_mode():
         parse(_stream(sections={Section.Z: b"z", Section.Y: b"y"}).to_bytes())
 
 
+def test_mode_values_and_names():
+    assert [(m.name, int(m)) for m in Mode] == [("E2E", 0), ("DIFFUSION", 1), ("CORRDIFF", 2), ("CODEC", 3),
+                                                ("CORRDIFF_NOBITS", 4)]
+    assert Mode.parse("corrdiff-nobits") is Mode.parse("corrdiff_nobits") is Mode.CORRDIFF_NOBITS
+    assert Mode.CORRDIFF_NOBITS.label == "corrdiff-nobits" and Mode.CORRDIFF_NOBITS.uses_diffusion
+    with pytest.raises(ValueError, match="corrdiff-nobits"):
+        Mode.parse("nobits")
+
+
+def test_corrdiff_nobits_stream_has_no_lambda_section():
+    s = _stream(mode=Mode.CORRDIFF_NOBITS, sections={Section.Z: b"z", Section.Y: b"y"})
+    data = s.to_bytes()
+    assert data[5] == 4 and parse(data) == s
+    with pytest.raises(BitstreamError, match="λ section present in a corrdiff-nobits stream"):
+        parse(_stream(mode=Mode.CORRDIFF_NOBITS).to_bytes())
+    with pytest.raises(BitstreamError, match="step count"):
+        parse(_stream(mode=Mode.CORRDIFF_NOBITS, steps=0, sections={Section.Z: b"z", Section.Y: b"y"}).to_bytes())
+
+
 def test_e2e_has_no_steps():
     s = _stream(mode=Mode.E2E, steps=0, sections={Section.Z: b"z", Section.Y: b"y"})
     assert parse(s.to_bytes()).steps == 0

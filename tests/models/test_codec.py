@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import struct
 import zlib
 
@@ -11,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdc.bitstream import Mode, Section, parse
-from pdc.codec import code_latent, compress, decompress
+from pdc.codec import code_latent, compress, decompress, fixed_levels
 from pdc.errors import BitstreamError
 from pdc.metrics import bpp, psnr
 
@@ -53,6 +55,80 @@ def test_diffusion_mode_equals_corrdiff_with_zero_levels(micro_model, photo):
     zero = compress(micro_model, photo, mode=Mode.CORRDIFF, gamma=0.0)
     assert zero.levels == [0] * len(zero.levels)
     torch.testing.assert_close(zero.reconstruction, plain.reconstruction)
+
+
+def _mean_levels(tables: torch.Tensor) -> list[int]:
+    """Nearest level to each row's mean level, ties up: computed here without pdc.codec."""
+    means = tables.double() @ torch.arange(tables.shape[1], dtype=torch.float64)
+    return [int(math.floor(m + 0.5)) for m in means.tolist()]
+
+
+def test_fixed_levels_are_the_rounded_mean_levels(micro_model):
+    """corrdiff-nobits λ: per coded step, the level nearest the mean of that step's fitted table; 0 on
+    uncoded steps; uniform tables (and so a tie at level 3.5 of 8) when the step count was not fitted."""
+    one_hot5 = torch.zeros(8).index_fill_(0, torch.tensor([5]), 1.0)
+    half_0_2 = torch.zeros(8).index_fill_(0, torch.tensor([0, 2]), 0.5)
+    tables = torch.stack([one_hot5, half_0_2, torch.full((8,), 1 / 8)])
+    model = micro_model.with_decode_settings(tables)
+    assert fixed_levels(model, 3) == [5, 1, 4]
+    assert fixed_levels(model.with_decode_settings(tables, correction={"correct_steps": [0, 2]}), 3) == [5, 0, 4]
+    assert fixed_levels(model, 5) == [4] * 5  # 5 steps: no fitted tables, uniform ones
+
+    skewed = torch.rand(3, 8, generator=torch.Generator().manual_seed(0)) ** 4
+    fitted = micro_model.with_decode_settings(skewed / skewed.sum(1, keepdim=True))
+    assert fixed_levels(fitted, 3) == _mean_levels(fitted.tables)
+
+
+def test_nobits_round_trip_is_exact_and_sends_no_lambda(micro_model, photo):
+    nobits = compress(micro_model, photo, mode=Mode.CORRDIFF_NOBITS)
+    assert float((decompress(micro_model, nobits.data) - nobits.reconstruction).abs().max()) == 0
+    s = parse(nobits.data)
+    assert s.mode == Mode.CORRDIFF_NOBITS and nobits.data[5] == 4
+    assert Section.LAMBDA not in s.sections and nobits.lambda_bytes == 0
+    assert nobits.levels == _mean_levels(micro_model.tables) == fixed_levels(micro_model, s.steps)
+    corr = compress(micro_model, photo, mode=Mode.CORRDIFF)
+    assert len(nobits.data) == len(corr.data) - 5 - corr.lambda_bytes  # the λ section and nothing else
+
+
+def test_nobits_applies_the_fixed_correction(micro_model, photo):
+    """Some fixed level > 0 (uniform tables: 4 of 8): the image is corrected, not the diffusion mode's;
+    tables that put all mass on level 0 give the diffusion mode's image exactly."""
+    plain = compress(micro_model, photo, mode=Mode.DIFFUSION).reconstruction
+    nobits = compress(micro_model, photo, mode=Mode.CORRDIFF_NOBITS)
+    assert any(nobits.levels)
+    assert float((nobits.reconstruction - plain).abs().max()) > 1e-3
+    zero = micro_model.with_decode_settings(torch.zeros(3, 8).index_fill_(1, torch.tensor([0]), 1.0))
+    off = compress(zero, photo, mode=Mode.CORRDIFF_NOBITS)
+    assert off.levels == [0, 0, 0]
+    assert torch.equal(off.reconstruction, compress(zero, photo, mode=Mode.DIFFUSION).reconstruction)
+
+
+def test_nobits_refuses_a_lambda_section_and_encoder_lambda_options(micro_model, photo):
+    from pdc.codec import LambdaPick
+
+    corr = parse(compress(micro_model, photo, mode=Mode.CORRDIFF).data)
+    forged = dataclasses.replace(corr, mode=Mode.CORRDIFF_NOBITS).to_bytes()
+    with pytest.raises(BitstreamError, match="λ section present in a corrdiff-nobits stream"):
+        decompress(micro_model, forged)
+    with pytest.raises(ValueError, match="corrdiff-nobits"):
+        compress(micro_model, photo, mode=Mode.CORRDIFF_NOBITS, gamma=0.5)
+    with pytest.raises(ValueError, match="corrdiff-nobits"):
+        compress(micro_model, photo, mode=Mode.CORRDIFF_NOBITS, pick=LambdaPick())
+
+
+@pytest.mark.parametrize("trained", [("codec",), ("codec", "diffusion"), ("codec", "privileged")])
+def test_nobits_needs_what_corrdiff_needs(trained):
+    from pdc.codec import check_mode
+    from pdc.config import parse_model_config
+    from pdc.errors import ModelPackageError
+    from pdc.models.package import init_model
+    from tests.models.conftest import MICRO
+
+    model = init_model(parse_model_config(MICRO), seed=0)
+    model.trained = trained
+    for mode in (Mode.CORRDIFF, Mode.CORRDIFF_NOBITS):
+        with pytest.raises(ModelPackageError, match=f"mode {mode.label} needs a trained"):
+            check_mode(model, mode)
 
 
 def test_correction_is_at_least_as_faithful_as_plain_diffusion(micro_model, photo):
@@ -189,6 +265,6 @@ def test_codec_only_package_decodes_in_codec_mode_and_refuses_the_others(tmp_pat
     img = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
     enc = compress(loaded, img, mode=Mode.CODEC)
     assert torch.equal(decompress(loaded, enc.data), enc.reconstruction)
-    for mode in (Mode.E2E, Mode.DIFFUSION, Mode.CORRDIFF):
-        with pytest.raises(ModelPackageError, match="use --mode codec"):
+    for mode in (Mode.E2E, Mode.DIFFUSION, Mode.CORRDIFF, Mode.CORRDIFF_NOBITS):
+        with pytest.raises(ModelPackageError, match=f"mode {mode.label} needs .*use --mode codec"):
             compress(loaded, img, mode=mode)
