@@ -239,8 +239,10 @@ def evaluate(
     systems: Annotated[
         str | None,
         typer.Option(help="Only these learned systems, comma-separated (corrdiff, diffusion, e2e, codec, "
-                          "corrdiff-g<γ>; the e2e-noise control runs when corrdiff and e2e do). Default: all of those. "
-                          "Opt-in: corrdiff-pick (the encoder's perceptual λ pick, ≈ 9 samplings per image)."),
+                          "corrdiff-g<γ>). Default: all of those. Opt-in: corrdiff-pick (the encoder's perceptual "
+                          "λ pick, ≈ 9 samplings per image) and corrdiff-nobits (the decoder's fixed λ schedule, no "
+                          "λ bits). Matched-noise controls (e2e-noise[-hf][-pick]) run for corrdiff and "
+                          "corrdiff-pick when e2e runs beside them."),
     ] = None,
     classic: Annotated[
         str | None,

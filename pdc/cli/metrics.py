@@ -94,7 +94,7 @@ def fid(
     ref = (load_tensor(p) for p in _image_set(reference))
     rec = (load_tensor(p) for p in _image_set(reconstructed))
     f, k = fid_kid(ref, rec)
-    _emit({"fid": f, "kid": k}, as_json)
+    _emit({"fid": f, "kid": k.mean, "kid_std": k.std, "kid_subset_size": k.subset_size}, as_json)
 
 
 def weights(

@@ -11,6 +11,8 @@ import functools
 import warnings
 from collections.abc import Iterable
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -161,11 +163,30 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + trace_s1 + trace_s2 - 2 * tr_covmean)
 
 
-def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
-    """Kernel Inception Distance: unbiased MMD² with the cubic polynomial kernel, averaged over subsets."""
-    n = min(len(a), len(b), subset_size)
+class Kid(NamedTuple):
+    """KID over random subsets: the mean and the standard deviation of the subset estimates."""
+
+    mean: float
+    std: float
+    subset_size: int
+    subsets: int
+
+
+def kid_subset_size(n: int, cap: int = 1000) -> int:
+    """Subset size for KID on ``n`` patches: half of them (at most ``cap``, the usual 1000), so subsets
+    differ and their spread says how much the estimate moves with the patches drawn; with the usual 1000
+    on a few hundred patches every subset is the whole set and the spread is zero."""
+    return max(2, min(cap, n // 2))
+
+
+def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int | None = None,
+                      seed: int = 0) -> Kid:
+    """Kernel Inception Distance: unbiased MMD² with the cubic polynomial kernel over ``subsets`` random
+    subsets of ``subset_size`` patches per set (default :func:`kid_subset_size` of the smaller set)."""
+    n = min(len(a), len(b))
     if n < 2:
         raise MetricError("KID needs at least two patches per set")
+    n = min(n, subset_size or kid_subset_size(n))
     rng = np.random.default_rng(seed)
     d = a.shape[1]
     vals = []
@@ -177,10 +198,10 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_s
         kxy = (x @ y.T / d + 1) ** 3
         mmd = (kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
         vals.append(mmd)
-    return float(np.mean(vals))
+    return Kid(float(np.mean(vals)), float(np.std(vals)), n, subsets)
 
 
-def fid_kid(reference: Iterable[torch.Tensor], reconstructed: Iterable[torch.Tensor]) -> tuple[float, float]:
+def fid_kid(reference: Iterable[torch.Tensor], reconstructed: Iterable[torch.Tensor]) -> tuple[float, Kid]:
     """(FID, KID) between two image sets on 256×256 patches."""
     a = inception_features(reference)
     b = inception_features(reconstructed)

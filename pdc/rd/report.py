@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pdc.rd.bd import LOWER_IS_BETTER, bd_rate, pareto_front
-from pdc.rd.systems import CONTROL_KEY, Point, System
+from pdc.rd.systems import Point, System
 
 #: CompressAI ``eval_model`` result keys for our metric names (``compressai.utils.plot`` reads these).
 COMPRESSAI_KEYS = {
@@ -28,6 +28,7 @@ COMPRESSAI_KEYS = {
     "lpips_vgg": "lpips-vgg",
     "fid": "fid",
     "kid": "kid",
+    "kid_std": "kid_std",
     "encode_s": "encoding_time",
     "decode_s": "decoding_time",
 }
@@ -36,8 +37,8 @@ COMPRESSAI_KEYS = {
 QUALITY_METRICS = ("bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg", "fid", "kid")
 CSV_COLUMNS = (
     "system", "name", "kind", "point", "rate_index", "quality", "gamma", "steps", *QUALITY_METRICS, "bytes",
-    "lambda_bytes", "lambda_share", "encode_s", "decode_s", "images", "fid_patches", "decode_max_abs_diff",
-    "noise_sigma",
+    "lambda_bytes", "lambda_share", "encode_s", "decode_s", "images", "fid_patches", "kid_std", "kid_subset_size",
+    "decode_max_abs_diff", "noise_sigma",
 )
 #: Columns of the per-system DVC plot files (``plots/<system>.csv``).
 PLOT_COLUMNS = ("point", *QUALITY_METRICS)
@@ -141,7 +142,7 @@ METRIC_LABELS = {
 def _style(system: System) -> dict[str, Any]:
     if system.kind == "classic":
         return {"linestyle": "--", "marker": "s", "markersize": 4, "linewidth": 1.0}
-    if system.key == CONTROL_KEY:
+    if system.is_control:
         return {"linestyle": "-.", "marker": "x", "markersize": 5, "linewidth": 1.2}
     if system.gamma is not None:
         return {"linestyle": ":", "marker": ".", "markersize": 5, "linewidth": 1.0, "alpha": 0.8}
@@ -268,21 +269,68 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
     # VGG beside alex: alex is the headline, but the two backbones rank JPEG's low-rate blocks very
     # differently, and VGG is part of the diffusion's training loss: neither alone settles it.
     compare("corrdiff_vs_jpeg_lpips_vgg", _curve(corr, "lpips_vgg"), "corrdiff", "jpeg", "lpips_vgg")
-    if CONTROL_KEY in sys:
-        for metric in ("lpips", "lpips_vgg"):
-            compare(f"corrdiff_vs_e2e_noise_{metric}", _curve(corr, metric), "corrdiff", CONTROL_KEY, metric)
+    # Each control against the CorrDiff system it is matched to, on every perceptual metric measured
+    # (FID/KID only where an FID set was given).
+    for key, pts in sys.items():
+        control = pts[0].system
+        if not control.is_control or control.matched_to not in sys:
+            continue
+        target = sys[control.matched_to]
+        for metric in ("lpips", "lpips_vgg", "fid", "kid"):
+            if metric in ("lpips", "lpips_vgg") or not any(math.isnan(p.metrics()[metric]) for p in target + pts):
+                compare(f"{control.matched_to}_vs_{key}_{metric}".replace("-", "_"), _curve(target, metric),
+                        control.matched_to, key, metric)
     if len(corr_all) > len(corr):
         compare("corrdiff_gamma_front_vs_diffusion_psnr", _front(corr_all, "psnr", True),
                 "corrdiff (best γ per bit-rate: Pareto front over all γ and rate points)", "diffusion", "psnr")
         compare("corrdiff_gamma_front_vs_e2e_lpips", _front(corr_all, "lpips", False),
                 "corrdiff (best γ per bit-rate: Pareto front over all γ and rate points)", "e2e", "lpips")
     return {
+        "paired": paired_report(sys),
         "convention": "BD-rate in % of the anchor's bit-rate at equal quality (negative: the test saves bits); "
                       "bjontegaard 1.3.0 on log10(bpp) vs quality, LPIPS negated; cubic with >= 4 points per "
                       "curve, else pchip (linear for 2 points); value null with a reason where undefined",
         "comparisons": comparisons,
         "distortion_perception": distortion_perception(points),
     }
+
+
+#: (test, reference) systems compared image by image at each rate point: what the λ bits add.
+PAIRED = (("corrdiff", "corrdiff-nobits"), ("corrdiff-pick", "corrdiff-nobits"), ("corrdiff-pick", "corrdiff"))
+
+
+def paired_difference(test: Sequence[float], ref: Sequence[float]) -> dict[str, Any]:
+    """Mean of ``test − ref`` over paired images with a two-sided 95 % Student-t interval."""
+    from scipy import stats
+
+    d = np.asarray(test, dtype=float) - np.asarray(ref, dtype=float)
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": n}
+
+
+def paired_report(sys: dict[str, list[Point]]) -> dict[str, Any]:
+    """Per rate point, :data:`PAIRED` differences on the same images (bpp, PSNR, LPIPS-alex/VGG): the
+    λ bits' cost and gain with an interval, where a BD-rate over 3 points would hide the spread."""
+    out: dict[str, Any] = {}
+    for test, ref in PAIRED:
+        if test not in sys or ref not in sys:
+            continue
+        refs = {p.label: p for p in sys[ref]}
+        for p in sys[test]:
+            q = refs.get(p.label)
+            if q is None:
+                continue
+            a = {r["image"]: r for r in p.images}
+            b = {r["image"]: r for r in q.images}
+            names = [n for n in a if n in b]
+            out[f"{test}_minus_{ref}/{p.label}"] = {
+                metric: paired_difference([a[n][metric] for n in names], [b[n][metric] for n in names])
+                for metric in ("bpp", "psnr", "lpips", "lpips_vgg")
+                if all(metric in a[n] and metric in b[n] and math.isfinite(a[n][metric]) and math.isfinite(b[n][metric])
+                       for n in names)}
+    return out
 
 
 def distortion_perception(points: Sequence[Point]) -> dict[str, list[dict[str, Any]]]:
@@ -295,7 +343,7 @@ def distortion_perception(points: Sequence[Point]) -> dict[str, list[dict[str, A
     gain is taken against the nearer endpoint (no mix reaches that LPIPS).
     """
     out: dict[str, list[dict[str, Any]]] = {}
-    learned = [p for p in points if p.system.kind == "learned" and p.system.key not in ("codec", CONTROL_KEY)]
+    learned = [p for p in points if p.system.kind == "learned" and p.system.key != "codec" and not p.system.is_control]
     for label in dict.fromkeys(p.label for p in learned):
         pts = [p for p in learned if p.label == label]
         entries = []

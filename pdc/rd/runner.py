@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,8 +43,11 @@ from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
 from pdc.rd.control import PSNR_TOL_DB, match_noise, noise_seed
-from pdc.rd.systems import (CONTROL_KEY, OPT_IN_SYSTEMS, Point, System, classic_systems, control_system,
+from pdc.rd.systems import (CONTROL_KEY, OPT_IN_SYSTEMS, Point, System, classic_systems, control_systems,
                              learned_systems)
+
+if TYPE_CHECKING:
+    from pdc.metrics.perceptual import Kid
 
 FORMAT = "pdc-rd/1"
 #: γ values swept by default when the set has fewer rate points than a cubic BD fit needs.
@@ -181,8 +184,9 @@ def _as_tensor(rec: torch.Tensor | np.ndarray) -> torch.Tensor:
     return rec if isinstance(rec, torch.Tensor) else uint8_to_tensor(rec)
 
 
-def _matched_noise(e2e: Point, e2e_recs: Kept, corrdiff_recs: Kept, seed: int) -> Coder:
-    """The control's coder: image ``i``'s e2e reconstruction + noise matched to CorrDiff's PSNR on it.
+def _matched_noise(e2e: Point, e2e_recs: Kept, target_recs: Kept, seed: int, band_sigma: float = 0.0) -> Coder:
+    """A control's coder: image ``i``'s e2e reconstruction + noise matched to the target system's PSNR on
+    it (``band_sigma`` > 0: noise above that low-pass only, :func:`pdc.rd.control.gaussian_noise`).
 
     Nothing is coded: the file is e2e's (its bytes and timings are copied, ``stream`` names it).
     """
@@ -190,7 +194,8 @@ def _matched_noise(e2e: Point, e2e_recs: Kept, corrdiff_recs: Kept, seed: int) -
     def code(i: int, img: np.ndarray, path: Path | None) -> tuple[torch.Tensor, dict[str, Any]]:
         ref = uint8_to_tensor(img)
         s = noise_seed(seed, i)
-        m = match_noise(_as_tensor(e2e_recs[i]), ref, psnr(_as_tensor(corrdiff_recs[i]), ref), seed=s)
+        m = match_noise(_as_tensor(e2e_recs[i]), ref, psnr(_as_tensor(target_recs[i]), ref), seed=s,
+                        band_sigma=band_sigma)
         info: dict[str, Any] = {"noise_sigma": m.sigma, "noise_seed": s, "target_psnr": m.target_psnr}
         if i < len(e2e.images):  # a test image (FID images keep no per-image record)
             row = e2e.images[i]
@@ -241,7 +246,7 @@ class _FidSet:
         flush()
         return np.concatenate(feats) if feats else np.zeros((0, 2048))
 
-    def score(self, reconstructions: Sequence[np.ndarray]) -> tuple[float | None, float | None, int, str | None]:
+    def score(self, reconstructions: Sequence[np.ndarray]) -> tuple[float | None, Kid | None, int, str | None]:
         from pdc.metrics.perceptual import fid_from_features, kid_from_features
 
         if self.reference is None:
@@ -322,8 +327,9 @@ def evaluate_model_set(
     to the model's own is skipped — that is the ``corrdiff`` system). ``classic``: the Pillow baselines (None: JPEG, WebP, AVIF
     where available). ``decode=False`` takes pdc reconstructions from the encoder's simulation instead
     of decoding the written files (identical by construction; faster). ``systems`` restricts the
-    learned systems to these keys (corrdiff, diffusion, e2e, codec, corrdiff-g<γ>); the
-    ``e2e-noise`` control runs whenever both corrdiff and e2e do.
+    learned systems to these keys (corrdiff, diffusion, e2e, codec, corrdiff-g<γ>, and the opt-in
+    corrdiff-pick); a matched-noise control (:func:`control_systems`) runs for each of corrdiff and
+    corrdiff-pick that runs beside e2e, white and (band-limited correction) high-band.
 
     Output layout in ``out`` (replaced as a whole): ``systems/<system>.json`` (CompressAI schema),
     ``rd.csv``, ``plots/<system>.csv`` (DVC plot data), ``rd_*.png``, ``dp_curve.png``, ``crops.png``,
@@ -374,10 +380,13 @@ def evaluate_model_set(
             have = [s.key for s in learned] + [s.key for s in OPT_IN_SYSTEMS if s not in learned]
             raise PdcError(f"unknown learned system(s) {sorted(unknown)} (have: {have})")
         learned = [s for s in learned if s.key in systems]
-    # The matched-noise control needs both CorrDiff (its PSNR targets) and e2e (its base images).
-    control = control_system() if {"corrdiff", "e2e"} <= {s.key for s in learned} else None
+    # A matched-noise control needs its CorrDiff system (the PSNR targets) and e2e (the base images).
+    keys = {s.key for s in learned}
+    band_sigma = float((read_metadata(members[0]).get("config") or {}).get("correction", {}).get("lowpass_sigma", 0.0))
+    controls = control_systems(keys if "e2e" in keys else set(), band_limited=band_sigma > 0)
+    kept_keys = {"e2e"} | {c.matched_to for c in controls} if controls else set()
     classic_sys = classic_systems(codecs)
-    n_points = len(members) * (len(learned) + (control is not None)) + sum(len(c.qualities) for c in codecs)
+    n_points = len(members) * (len(learned) + len(controls)) + sum(len(c.qualities) for c in codecs)
     n_fid = len(fid_set.images) if fid_set else 0
     from pdc.progress import progress_bar
 
@@ -426,7 +435,9 @@ def evaluate_model_set(
                     if keep is not None:
                         keep.append(fid_recs[-1])
                     bar.update(1)
-                point.fid, point.kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
+                point.fid, kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
+                if kid is not None:
+                    point.kid, point.kid_std, point.kid_subset_size = kid.mean, kid.std, kid.subset_size
             points.append(point)
             if on_point is not None:
                 on_point(point)
@@ -447,16 +458,16 @@ def evaluate_model_set(
                 gamma = (model.config.correction.gamma if system.gamma is None else system.gamma) if corrdiff else None
                 point = Point(system, label, rate_index=r, gamma=gamma, steps=k,
                               lambda_levels=model.config.correction.levels if corrdiff else None)
-                keep = kept.setdefault(system.key, []) if control is not None and system.key in ("corrdiff", "e2e") \
-                    else None
+                keep = kept.setdefault(system.key, []) if system.key in kept_keys else None
                 run_point(point, lambda i, img, path, model=model: _code_learned(
                     model, system, uint8_to_tensor(img), path, steps=steps, seed=seed, decode=decode),
                     "pdc", in_grid=r == grid_rate, keep=keep)
                 done[system.key] = point
-            if control is not None:
+            for control in controls:
+                sigma = model.config.correction.lowpass_sigma if control.high_band else 0.0
                 run_point(Point(control, label, rate_index=r),
-                          _matched_noise(done["e2e"], kept["e2e"], kept["corrdiff"], seed), None,
-                          in_grid=r == grid_rate)
+                          _matched_noise(done["e2e"], kept["e2e"], kept[control.matched_to], seed, sigma), None,
+                          in_grid=r == grid_rate and control.key == CONTROL_KEY)
             del model, kept
 
         for system in classic_sys:
@@ -484,9 +495,11 @@ def evaluate_model_set(
                 "gammas_skipped_as_model_default": list(skipped),
                 "seed": seed,
                 "lpips": with_lpips,
-                "control": None if control is None else {
-                    "system": CONTROL_KEY, "base": "e2e", "matched_to": "corrdiff", "metric": "psnr",
-                    "tolerance_db": PSNR_TOL_DB,
+                "control": None if not controls else {
+                    "systems": {c.key: {"base": "e2e", "matched_to": c.matched_to,
+                                        "noise": "above the correction low-pass" if c.high_band else "white"}
+                                for c in controls},
+                    "metric": "psnr", "tolerance_db": PSNR_TOL_DB,
                     "noise_seed": "pdc.rd.control.noise_seed(seed, image index: test, then FID)",
                 },
                 "decoded_from_files": decode,

@@ -13,7 +13,8 @@ from pdc.rd.classic import ClassicCodec
 #: ``lpips`` is LPIPS-alex (the headline, as in papers); ``lpips_vgg`` is reported beside it, so a
 #: texture gain that only one backbone sees stands out.
 IMAGE_METRICS = ("bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg")
-#: Key of the "e2e + matched noise" control (:mod:`pdc.rd.control`).
+#: Key of the "e2e + matched noise" control (:mod:`pdc.rd.control`) matched to least-squares CorrDiff;
+#: :func:`control_systems` names the others.
 CONTROL_KEY = "e2e-noise"
 
 
@@ -27,6 +28,12 @@ class System:
     gamma: float | None = None  # learned CorrDiff only: explicit γ (None = the model's own)
     codec: ClassicCodec | None = None
     pick: bool = False  # learned CorrDiff only: λ levels by the encoder's perceptual pick (pdc.codec.LambdaPick)
+    matched_to: str | None = None  # a control: key of the system whose PSNR its noise matches, per image
+    high_band: bool = False  # a control whose noise lies only above the correction's low-pass
+
+    @property
+    def is_control(self) -> bool:
+        return self.matched_to is not None
 
     @property
     def ext(self) -> str:
@@ -52,8 +59,13 @@ def learned_systems(gammas: tuple[float, ...] = ()) -> list[System]:
     return out
 
 
-#: Learned systems that run only when ``--systems`` names them (they cost many samplings per image).
+#: Learned systems that run only when ``--systems`` names them (the pick costs many samplings per image;
+#: the no-bits control one more sampling per image and rate point).
 OPT_IN_SYSTEMS = (
+    System("corrdiff-nobits", "CorrDiff without λ bits",
+           "The same correction towards the privileged decoder with the decoder's fixed λ schedule (per step, the "
+           "mean level of the λ tables) and no λ section: what the decoder does alone, without the encoder's bits",
+           "learned", Mode.CORRDIFF_NOBITS),
     System("corrdiff-pick", "CorrDiff (perceptual λ pick)",
            "CorrDiff whose encoder tries λ ∈ {0, 0.6, 1} on every coded step and keeps the lowest LPIPS-VGG "
            "within 0.1 dB of the least-squares PSNR (VGG is what it optimises: read alex and FID as held out)",
@@ -61,12 +73,29 @@ OPT_IN_SYSTEMS = (
 )
 
 
-def control_system() -> System:
-    """E2E reconstruction + Gaussian noise matched per image to CorrDiff's PSNR (same e2e file, same bpp)."""
-    return System(CONTROL_KEY, "E2E + matched noise",
-                  "The e2e decoder's reconstruction (same file and bpp) plus Gaussian noise whose σ is chosen per "
-                  "image so that its PSNR equals CorrDiff's: what noise alone buys on the perceptual metrics",
-                  "learned", Mode.E2E)
+#: The CorrDiff systems a matched-noise control is matched to (key → suffix of the control's key).
+CONTROL_TARGETS = {"corrdiff": "", "corrdiff-pick": "-pick"}
+
+
+def control_systems(targets: set[str], band_limited: bool) -> list[System]:
+    """E2E reconstruction + Gaussian noise matched per image to a CorrDiff system's PSNR (same e2e file,
+    same bpp): one control per target in ``targets`` (keys of :data:`CONTROL_TARGETS`), white noise, and
+    with ``band_limited`` (the model's correction has a low-pass) a second one whose noise lies only
+    above that low-pass, where CorrDiff departs from x_e."""
+    out = []
+    for target, suffix in CONTROL_TARGETS.items():
+        if target not in targets:
+            continue
+        name = "CorrDiff" if target == "corrdiff" else "CorrDiff (pick)"
+        for high in (False, True) if band_limited else (False,):
+            band = "high-band " if high else ""
+            out.append(System(
+                f"{CONTROL_KEY}{'-hf' if high else ''}{suffix}", f"E2E + matched {band}noise → {name}",
+                f"The e2e decoder's reconstruction (same file and bpp) plus {band or 'white '}Gaussian noise "
+                f"{'above the correction low-pass ' if high else ''}whose σ is chosen per image so that its PSNR "
+                f"equals {name}'s: what noise alone buys on the perceptual metrics",
+                "learned", Mode.E2E, matched_to=target, high_band=high))
+    return out
 
 
 def classic_systems(codecs: list[ClassicCodec]) -> list[System]:
@@ -95,6 +124,8 @@ class Point:
     images: list[dict[str, Any]] = field(default_factory=list)
     fid: float | None = None
     kid: float | None = None
+    kid_std: float | None = None  # spread of the KID subset estimates (pdc.metrics.perceptual.Kid)
+    kid_subset_size: int | None = None
     fid_patches: int = 0
     fid_note: str | None = None
 
@@ -108,6 +139,8 @@ class Point:
         out.update(
             fid=math.nan if self.fid is None else self.fid,
             kid=math.nan if self.kid is None else self.kid,
+            kid_std=math.nan if self.kid_std is None else self.kid_std,
+            kid_subset_size=self.kid_subset_size,
             bytes=total / len(self.images) if self.images else math.nan,
             lambda_bytes=lam / len(self.images) if self.images else math.nan,
             lambda_share=lam / total if total else math.nan,

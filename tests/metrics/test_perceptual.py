@@ -58,10 +58,22 @@ def test_fid_and_kid_are_zero_for_identical_sets_and_grow_with_shift():
     a = rng.normal(size=(300, 16))
     b = rng.normal(size=(300, 16))
     assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert abs(kid_from_features(a, b, subsets=10, subset_size=100)) < 0.05
+    assert abs(kid_from_features(a, b, subsets=10, subset_size=100).mean) < 0.05
     shifted = b + 1.0
     assert fid_from_features(a, shifted) == pytest.approx(16.0, rel=0.2)  # ‖Δμ‖² = 16
-    assert kid_from_features(a, shifted, subsets=10, subset_size=100) > 0.5
+    assert kid_from_features(a, shifted, subsets=10, subset_size=100).mean > 0.5
+
+
+def test_kid_subsets_are_smaller_than_the_set_so_its_spread_is_measured():
+    """200 patches (BSDS500 test's count): subsets of 100, so they differ and the std is not zero; with
+    subsets as large as the set (the usual 1000 cap) every subset is the set and the spread vanishes."""
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(200, 32)), rng.normal(loc=0.2, size=(200, 32))
+    kid = kid_from_features(a, b, subsets=20)
+    assert kid.subset_size == 100 and kid.subsets == 20 and kid.std > 0
+    whole = kid_from_features(a, b, subsets=20, subset_size=1000)
+    assert whole.subset_size == 200 and whole.std == pytest.approx(0.0, abs=1e-12)
+    assert whole.mean == pytest.approx(kid.mean, abs=4 * kid.std)  # same quantity, within the spread
 
 
 @pytest.mark.parametrize(("n", "m", "d"), [(40, 60, 128), (300, 250, 16)])

@@ -85,3 +85,21 @@ def test_control_coder_uses_the_e2e_file_and_matches_each_image():
             assert info["stream"] == f"streams/e2e/r0/img{i}.pdc"
         else:
             assert "bytes" not in info
+
+
+def test_high_band_noise_lies_above_the_low_pass_and_still_matches():
+    """The high-band control's noise is (I − L_σ)·n, the band the correction leaves to the diffusion (the
+    same soft Gaussian split, so the low-pass of it keeps a fifth of white noise's variance there, not
+    zero): unit std, and its PSNR still meets the target."""
+    from pdc.models.correction import lowpass
+    from pdc.rd.control import gaussian_noise
+
+    ref = _photo(0)
+    white, high = gaussian_noise(ref, 3), gaussian_noise(ref, 3, band_sigma=1.0)
+    assert high.std().item() == pytest.approx(1.0, rel=1e-4)
+    assert lowpass(high, 1.0).std() < 0.5 * lowpass(white, 1.0).std()
+    base = _blurred(ref)
+    target = psnr(base, ref) - 2.0
+    m = match_noise(base, ref, target, seed=3, band_sigma=1.0)
+    assert m.sigma > 0 and abs(m.psnr - target) <= 0.05
+    assert not torch.equal(m.image, match_noise(base, ref, target, seed=3).image)

@@ -591,3 +591,57 @@ def test_perceptual_pick_is_an_opt_in_system(model_set, tiny_images, tmp_path):
     default = evaluate_model_set(model_set, tiny_images, tmp_path / "d", limit=1, crop=64, steps=2, classic=[],
                                  gammas=(), with_lpips=False, progress=False)
     assert "corrdiff-pick" not in {r["system"] for r in default["rows"]}
+
+
+def test_every_corrdiff_system_gets_its_own_white_and_high_band_control(tiny_images, tmp_path):
+    """A model with a band-limited correction, least-squares CorrDiff and the pick beside e2e: four
+    controls, each matched per image to its own target's PSNR, each compared with that target."""
+    from pdc.config import parse_model_config
+    from pdc.models.package import init_model, save_package
+    from pdc.rd import evaluate_model_set
+    from tests.rd.conftest import MICRO
+
+    cfg = parse_model_config({**MICRO, "correction": {**MICRO["correction"], "lowpass_sigma": 1.0}})
+    save_package(init_model(cfg, seed=0), tmp_path / "pkg", extra={"rate_point": 0.0018})
+    out = tmp_path / "ev"
+    evaluate_model_set(tmp_path / "pkg", tiny_images, out, limit=1, crop=64, gammas=(), progress=False,
+                       with_lpips=False, classic=[], systems=("corrdiff", "corrdiff-pick", "e2e"), decode=False)
+    systems = _per_image(out)
+    controls = {"e2e-noise": "corrdiff", "e2e-noise-hf": "corrdiff", "e2e-noise-pick": "corrdiff-pick",
+                "e2e-noise-hf-pick": "corrdiff-pick"}
+    assert set(systems) == {"corrdiff", "corrdiff-pick", "e2e", *controls}
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: v["matched_to"] for k, v in summary["control"]["systems"].items()} == controls
+    rows = {key: systems[key]["points"][0]["per_image"][0] for key in systems}
+    for control, target in controls.items():
+        assert rows[control]["target_psnr"] == pytest.approx(rows[target]["psnr"])
+        if rows[target]["psnr"] < rows["e2e"]["psnr"]:
+            assert abs(rows[control]["psnr"] - rows[target]["psnr"]) <= 0.1
+    assert rows["e2e-noise-hf"]["psnr"] == pytest.approx(rows["e2e-noise"]["psnr"], abs=0.1)
+    comps = json.loads((out / "bd_rate.json").read_text())["comparisons"]
+    assert comps["corrdiff_pick_vs_e2e_noise_hf_pick_lpips"]["anchor"] == "e2e-noise-hf-pick"
+
+
+def test_nobits_control_writes_mode_4_streams_and_a_paired_comparison(model_set, tiny_images, tmp_path):
+    """corrdiff-nobits: real files with no λ section, decoded to the encoder's simulation; bd_rate.json
+    carries corrdiff − corrdiff-nobits per rate point, image by image, with a 95 % interval."""
+    from pdc.bitstream import Mode, Section, parse
+    from pdc.rd import evaluate_model_set
+
+    out = tmp_path / "ev"
+    evaluate_model_set(model_set, tiny_images, out, limit=2, crop=64, gammas=(), progress=False, with_lpips=False,
+                       classic=[], systems=("corrdiff", "corrdiff-nobits"))
+    systems = _per_image(out)
+    for point in systems["corrdiff-nobits"]["points"]:
+        for row in point["per_image"]:
+            stream = parse((out / "streams" / "corrdiff-nobits" / point["label"] / f"{row['image']}.pdc").read_bytes())
+            assert stream.mode == Mode.CORRDIFF_NOBITS and Section.LAMBDA not in stream.sections
+            assert row["lambda_bytes"] == 0 and row["decode_max_abs_diff"] <= 1e-5
+    paired = json.loads((out / "bd_rate.json").read_text())["paired"]
+    assert set(paired) == {"corrdiff_minus_corrdiff-nobits/r0", "corrdiff_minus_corrdiff-nobits/r1"}
+    corr = {r["image"]: r for r in systems["corrdiff"]["points"][0]["per_image"]}
+    nob = {r["image"]: r for r in systems["corrdiff-nobits"]["points"][0]["per_image"]}
+    psnr = paired["corrdiff_minus_corrdiff-nobits/r0"]["psnr"]
+    assert psnr["n"] == 2 and psnr["mean"] == pytest.approx(np.mean([corr[n]["psnr"] - nob[n]["psnr"] for n in corr]))
+    assert psnr["ci95"][0] <= psnr["mean"] <= psnr["ci95"][1]
+    assert paired["corrdiff_minus_corrdiff-nobits/r0"]["bpp"]["mean"] > 0  # the λ section's bits
