@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -154,10 +154,16 @@ _MODE_PARTS = {Mode.CODEC: ("codec",), Mode.E2E: ("codec", "privileged"), Mode.D
                Mode.CORRDIFF_NOBITS: ("codec", "diffusion", "privileged")}
 
 
+def decodable_modes(trained: Sequence[str]) -> list[Mode]:
+    """The modes a package holding these trained networks (``CorrDiffModel.trained``) decodes."""
+    return [m for m, parts in _MODE_PARTS.items() if all(p in trained for p in parts)]
+
+
 def best_mode(model: CorrDiffModel) -> Mode:
     """CorrDiff when the package holds every network, else the richest mode it can decode."""
+    usable = decodable_modes(model.trained)
     for mode in (Mode.CORRDIFF, Mode.DIFFUSION, Mode.E2E, Mode.CODEC):
-        if all(p in model.trained for p in _MODE_PARTS[mode]):
+        if mode in usable:
             return mode
     raise ModelPackageError("the model holds no trained codec")
 
@@ -166,7 +172,7 @@ def check_mode(model: CorrDiffModel, mode: Mode) -> None:
     """Refuse a mode whose networks the package does not hold trained (e.g. a codec-only package)."""
     missing = [p for p in _MODE_PARTS[mode] if p not in model.trained]
     if missing:
-        usable = [m.label for m, parts in _MODE_PARTS.items() if all(p in model.trained for p in parts)]
+        usable = [m.label for m in decodable_modes(model.trained)]
         raise ModelPackageError(f"mode {mode.label} needs a trained {' and '.join(missing)} network, which this "
                                 f"model does not hold (it has: {', '.join(model.trained)}); use --mode "
                                 f"{' or '.join(usable)}")

@@ -65,3 +65,27 @@ def test_altered_shipped_weights_are_refused_by_name(tmp_path):
     torch.save(parts, copy / "weights.pt")
     with pytest.raises(ModelPackageError, match=f"{copy}.*hash mismatch"):
         load_package(copy)
+
+
+def test_evaluate_on_the_shipped_codec_only_set_runs_what_it_can_decode(tmp_path):
+    """No --systems: the codec-only set is evaluated in codec mode (the rest listed as not decodable) and
+    compared with JPEG on PSNR; naming a system it cannot decode is refused with the parts it holds."""
+    from pdc.errors import PdcError
+    from pdc.imageio import read_image, write_image
+    from pdc.rd import evaluate_model_set
+    from pdc.rd.classic import ClassicCodec
+    from pdc.zoo import default_model
+
+    crop = read_image(CROP)
+    write_image(tmp_path / "imgs" / "a.png", np.ascontiguousarray(crop[:128, :128]))
+    write_image(tmp_path / "imgs" / "b.png", np.ascontiguousarray(crop[128:, 128:]))
+    jpeg = ClassicCodec("jpeg", "JPEG (Pillow)", "JPEG", "jpg", (10, 40), {"optimize": True})
+    res = evaluate_model_set(default_model(), tmp_path / "imgs", tmp_path / "ev", progress=False, with_lpips=False,
+                             classic=[jpeg], gammas=())
+    assert set(res["systems"]) == {"codec", "jpeg"}
+    assert {"corrdiff", "diffusion", "e2e"} <= set(res["systems_not_decodable"])
+    bd = json.loads((tmp_path / "ev" / "bd_rate.json").read_text())["comparisons"]
+    assert set(bd) == {"codec_vs_jpeg_psnr"} and bd["codec_vs_jpeg_psnr"]["anchor"] == "jpeg"
+    with pytest.raises(PdcError, match="holds trained codec networks only; e2e cannot be decoded"):
+        evaluate_model_set(default_model(), tmp_path / "imgs", tmp_path / "ev2", progress=False, with_lpips=False,
+                           classic=[], systems=["e2e", "codec"])

@@ -263,12 +263,18 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
                              "curves": {"anchor": anchor, "test": test}}
 
     corr = sys.get("corrdiff", [])
-    compare("corrdiff_vs_diffusion_psnr", _curve(corr, "psnr"), "corrdiff", "diffusion", "psnr")
-    compare("corrdiff_vs_e2e_lpips", _curve(corr, "lpips"), "corrdiff", "e2e", "lpips")
-    compare("corrdiff_vs_jpeg_lpips", _curve(corr, "lpips"), "corrdiff", "jpeg", "lpips")
-    # VGG beside alex: alex is the headline, but the two backbones rank JPEG's low-rate blocks very
-    # differently, and VGG is part of the diffusion's training loss: neither alone settles it.
-    compare("corrdiff_vs_jpeg_lpips_vgg", _curve(corr, "lpips_vgg"), "corrdiff", "jpeg", "lpips_vgg")
+    if corr:
+        compare("corrdiff_vs_diffusion_psnr", _curve(corr, "psnr"), "corrdiff", "diffusion", "psnr")
+        compare("corrdiff_vs_e2e_lpips", _curve(corr, "lpips"), "corrdiff", "e2e", "lpips")
+        compare("corrdiff_vs_jpeg_lpips", _curve(corr, "lpips"), "corrdiff", "jpeg", "lpips")
+        # VGG beside alex: alex is the headline, but the two backbones rank JPEG's low-rate blocks very
+        # differently, and VGG is part of the diffusion's training loss: neither alone settles it.
+        compare("corrdiff_vs_jpeg_lpips_vgg", _curve(corr, "lpips_vgg"), "corrdiff", "jpeg", "lpips_vgg")
+    # The MSE decoders against the classic codecs on PSNR: the fidelity the perceptual systems build on.
+    for mse in ("e2e", "codec"):
+        for classic in ("jpeg", "webp"):
+            if mse in sys and classic in sys:
+                compare(f"{mse}_vs_{classic}_psnr", _curve(sys[mse], "psnr"), mse, classic, "psnr")
     # Each control against the CorrDiff system it is matched to, on every perceptual metric measured
     # (FID/KID only where an FID set was given).
     for key, pts in sys.items():

@@ -373,6 +373,23 @@ def evaluate_model_set(
     skipped = tuple(g for g in gammas if abs(g - float(own)) < 1e-9)
     gammas = tuple(g for g in gammas if g not in skipped)
     learned = learned_systems(gammas)
+    # A partial package (e.g. the shipped codec-only set) decodes some modes only: by default evaluate
+    # those; systems named explicitly must all be decodable.
+    from pdc.codec import decodable_modes
+    from pdc.models.package import PARTS
+
+    trained = tuple(read_metadata(members[0]).get("parts", PARTS))
+    usable = set(decodable_modes(trained))
+    if systems is None:
+        not_decodable = [s.key for s in learned if s.mode not in usable]
+        learned = [s for s in learned if s.mode in usable]
+    else:
+        not_decodable = []
+        named = [s for s in learned + list(OPT_IN_SYSTEMS) if s.key in systems and s.mode not in usable]
+        if named:
+            raise PdcError(f"{model_dir}: holds trained {', '.join(trained)} networks only; "
+                           f"{', '.join(s.key for s in named)} cannot be decoded with it "
+                           f"(decodable modes: {', '.join(m.label for m in decodable_modes(trained))})")
     if systems is not None:
         learned += [s for s in OPT_IN_SYSTEMS if s.key in systems]
         unknown = set(systems) - {s.key for s in learned}
@@ -493,6 +510,7 @@ def evaluate_model_set(
                 "steps": steps,
                 "gammas": list(gammas),
                 "gammas_skipped_as_model_default": list(skipped),
+                "systems_not_decodable": not_decodable,
                 "seed": seed,
                 "lpips": with_lpips,
                 "control": None if not controls else {
