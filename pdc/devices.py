@@ -8,6 +8,9 @@ diffusion noise is drawn on the CPU from the stream's seed, so it is the same ev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from pdc.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,3 +39,22 @@ def codec_device(name: str) -> str:
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     return device
+
+
+@contextmanager
+def training_backends(device: object) -> Iterator[None]:
+    """Backend settings for a training stage on ``device`` (a name or a ``torch.device``): on CUDA,
+    ``cudnn.benchmark`` (cuDNN times its convolution kernels once per input shape and keeps the fastest:
+    training crops have one fixed shape). Restored on exit, so decoding later in the same process keeps
+    the deterministic kernels :func:`codec_device` asks for. Nothing changes on the CPU."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -10,16 +10,34 @@ is step-based, so there are no epochs to manage.
   pass, doing the same decode and crop work.  ``split="train"``/``"val"`` applies the shards' hash rule
   (with ``val_fraction``) to paths relative to the folder; ``split="all"`` uses every image.
 
-Data-parallel training: ``rank``/``world`` and the loader workers define reader *slots*; each slot reads
-a disjoint part of the data (whole shards, or every n-th sample when there are fewer shards than slots)
-with randomness seeded by (seed, rank, worker), so no two workers see the same crops.
+Data-parallel training: ``rank``/``world`` and the loader workers define reader *slots* (one per rank
+and loader worker, ``world · max(1, workers)`` in all); each slot reads a disjoint part of the data with
+randomness seeded by (seed, rank, worker), so no two workers see the same crops.
+
+* **Reader slots never outnumber shards.** For shards, the loader workers per rank are
+  ``min(num_workers, images per rank, shards // world)`` (0 = in-process), so with at least as many
+  shards as ranks ``world · max(1, workers) <= shards`` and every slot owns whole shards
+  (``shards[slot::slots]``): each tar file is streamed by exactly one slot.  With fewer shards than
+  ranks there are no loader workers and each rank reads every shard, keeping the samples whose global
+  index is its rank modulo ``world`` (the sample-level split).  E.g. 8 ranks asking 6 workers each over
+  10 shards get 1 worker each: 8 slots, 2 of them owning two shards.
+* **Image folders** keep the per-image split (every ``slots``-th file) and ``num_workers`` is clamped
+  to the images per rank only.
 
 Images smaller than the crop are **mirror-padded** (``numpy.pad(mode="symmetric")``) up to the crop size
 rather than dropped; import and validation already reject images below ``--min-size`` (default: 256),
 so padding only happens with a crop larger than that.
 
-Loader workers: ``num_workers`` is clamped to the images per rank; 0 loads in the calling process.  A run
-with the same seed, rank and worker counts sees the same batches.
+Loader workers: ``num_workers`` is clamped as above (:attr:`BatchStream.num_workers` is the count in
+effect); 0 loads in the calling process.  A run with the same seed, rank, worker counts and start step
+sees the same batches.
+
+Resuming: a run resumed from a checkpoint at step ``S > 0`` tells its stream (``start_step=S`` or
+:meth:`BatchStream.start_at`) and each slot then seeds its crops, shuffle and shard draws from
+(seed, rank, worker, S): a fresh, reproducible segment of the endless random stream instead of a replay
+of the crops of steps 1…S.  It is not the batch sequence an uninterrupted run would have drawn after
+step S (that would mean decoding every image read so far again); the stream has no epochs and draws with
+replacement, so the two are alike in distribution.  ``start_step=0`` (a fresh run) is the stream as before.
 """
 
 from __future__ import annotations
@@ -27,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,17 +110,20 @@ class _Batches(IterableDataset):
 
     A *slot* is one (rank, loader worker) pair: ``slot = rank · loader_workers + worker``, out of
     ``world · loader_workers``. Each slot reads a disjoint part of the data and seeds its randomness
-    with ``(seed, rank, worker)``, so no two ranks (or loader workers) ever produce the same crop.
+    with ``(seed, rank, worker)`` (and ``start_step`` when resumed), so no two ranks (or loader
+    workers) ever produce the same crop.
     """
 
     def __init__(self, crop: int, batch_size: int, seed: int, shuffle_buffer: int, rank: int, world: int) -> None:
         super().__init__()
         self.crop, self.batch_size, self.seed, self.shuffle_buffer = crop, batch_size, seed, shuffle_buffer
         self.rank, self.world = rank, world
+        self.start_step = 0  # the optimisation step a resumed run continues from (0 = fresh)
 
     def _slot(self) -> tuple[int, int, np.random.Generator]:
         wid, nw = _worker()
-        return self.rank * nw + wid, self.world * nw, np.random.default_rng([self.seed, self.rank, wid, 0x5EED])
+        entropy = [self.seed, self.rank, wid, 0x5EED] + ([self.start_step] if self.start_step else [])
+        return self.rank * nw + wid, self.world * nw, np.random.default_rng(entropy)
 
     def batches(self, crops: Iterator[np.ndarray], rng: np.random.Generator) -> Iterator[torch.Tensor]:
         buf: list[np.ndarray] = []
@@ -167,9 +188,10 @@ class _ShardCrops(_Batches):
     (resampled=True)`` builds the same chain but seeds its shard draws from the pid and the clock, so
     runs would not repeat.
 
-    With at least as many shards as slots each slot owns whole shards (``shards[slot::slots]``);
-    otherwise every slot reads every shard and keeps the samples whose global index (manifest order)
-    is ``slot`` modulo ``slots``.
+    With at least as many shards as slots each slot owns whole shards (``shards[slot::slots]``) and
+    streams only those; otherwise every slot reads every shard and keeps the samples whose global index
+    (manifest order) is ``slot`` modulo ``slots``.  :func:`make_loader` picks the loader workers so that
+    the second case only happens with fewer shards than ranks (and no loader workers).
     """
 
     def __init__(self, location: ShardLocation, shards: list[dict], *args) -> None:
@@ -187,7 +209,8 @@ class _ShardCrops(_Batches):
         offsets = {self.location.url(e["name"]): int(o) for e, o in
                    zip(self.shards, np.cumsum([0] + [int(e["samples"]) for e in self.shards]))}
         total = sum(int(e["samples"]) for e in self.shards)
-        digest = hashlib.sha256(f"{self.seed},{self.rank},{slot},{slots}".encode()).digest()
+        resumed = f",{self.start_step}" if self.start_step else ""
+        digest = hashlib.sha256(f"{self.seed},{self.rank},{slot},{slots}{resumed}".encode()).digest()
         slot_seed = int.from_bytes(digest[:4], "big")
         owned = sum(int(self.shards[k]["samples"]) for k in mine) if by_shard else len(range(slot, total, slots))
 
@@ -224,11 +247,20 @@ class _ShardCrops(_Batches):
 
 
 class BatchStream:
-    """An endless iterator of batches; ``iter()`` returns itself.  ``close()`` stops the workers."""
+    """An endless iterator of batches; ``iter()`` returns itself.  ``close()`` stops the workers.
+
+    ``num_workers`` is the loader workers in effect (after the clamps of :func:`make_loader`).
+    """
 
     def __init__(self, loader: DataLoader, source: Path, kind: str, num_workers: int) -> None:
         self.loader, self.source, self.kind, self.num_workers = loader, source, kind, num_workers
         self._it: Iterator[torch.Tensor] | None = None
+
+    def start_at(self, step: int) -> None:
+        """Continue a run resumed at optimisation ``step`` (see the module docstring); before the first batch."""
+        if self._it is not None:
+            raise RuntimeError("start_at() after the stream has started")
+        self.loader.dataset.start_step = int(step)
 
     def __iter__(self) -> BatchStream:
         return self
@@ -257,13 +289,17 @@ def make_loader(
     shuffle_buffer: int | None = None,
     rank: int = 0,
     world: int = 1,
-) -> Iterable[torch.Tensor]:
+    start_step: int = 0,
+    pin_memory: bool = False,
+) -> BatchStream:
     """Endless float32 batches (B, 3, crop, crop) in [0, 1] from shards (a folder or a URL, see
     :class:`~pdc.data.shards.ShardLocation`) or an image folder.
 
     ``split`` is ``"train"`` or ``"val"`` (shards and folders) or ``"all"`` (folders only).
     ``rank``/``world`` select this data-parallel worker's share; ``num_workers`` loader processes split
-    it further (see :class:`_Batches`).
+    it further (see :class:`_Batches`); for shards they are clamped so that reader slots never outnumber
+    shards (module docstring).  ``start_step`` is the step a resumed run continues from (0 = fresh).
+    ``pin_memory`` puts batches in page-locked memory (for a CUDA training device).
     ``shuffle_buffer`` (crops held for shuffling) defaults to ``max(2 * batch_size, 4 * CROPS_PER_IMAGE)``.
     Raises :class:`DataError` when the source is missing, the split holds no images, or has fewer
     images than there are workers to share them.
@@ -294,6 +330,7 @@ def make_loader(
                 raise DataError(f"{source}: shard(s) listed in {MANIFEST} are missing: {', '.join(missing[:3])}")
         dataset: _Batches = _ShardCrops(location, entries, *common)
         kind, images = "shards", sum(int(e["samples"]) for e in entries)
+        slot_cap = len(entries) // world  # loader workers per rank with world · workers <= shards
     else:
         source = Path(source)
         files = list_images(source)
@@ -303,10 +340,13 @@ def make_loader(
             raise DataError(f"{source}: no images for split {split!r}")
         dataset = _FolderCrops(files, *common)
         kind, images = "folder", len(files)
+        slot_cap = len(files)
     per_rank = images // world
     if per_rank < 1:
         raise DataError(f"{source}: the {split} split has {images} image(s), fewer than the {world} data-parallel "
                         "workers that must each read their own")
-    workers = max(0, min(int(num_workers), per_rank))
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False)
+    workers = max(0, min(int(num_workers), per_rank, slot_cap))
+    dataset.start_step = int(start_step)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=False,
+                        pin_memory=bool(pin_memory))
     return BatchStream(loader, Path(source) if not is_url(source) else source, kind, workers)

@@ -55,12 +55,18 @@ def test_same_seed_same_batches(kind, corpus, shards):
     assert not torch.equal(xa, xc)
 
 
-def test_workers_are_clamped_to_the_image_count(shards):
+def test_workers_are_clamped_to_the_image_and_shard_counts(shards, corpus):
+    """Folders: at most one loader worker per image; shards: also at most one per shard (see below)."""
     from pdc.data.shards import read_manifest
 
+    manifest = read_manifest(shards)
+    n_val, val_shards = manifest["counts"]["val"], len(manifest["shards"]["val"])
     stream = make_loader(shards, 16, 2, num_workers=16, split="val")
-    n_val = read_manifest(shards)["counts"]["val"]
-    assert stream.num_workers == n_val >= 1
+    assert stream.num_workers == min(n_val, val_shards) >= 1
+    _check(next(stream), 2, 16)
+    stream.close()
+    stream = make_loader(corpus, 16, 2, num_workers=16, rank=0, world=3, split="all")
+    assert stream.num_workers == len(list_images(corpus)) // 3 == 2  # 7 images, 2 per rank
     _check(next(stream), 2, 16)
     stream.close()
 
@@ -188,3 +194,126 @@ def test_shards_from_an_fsspec_filesystem(shards):
         assert torch.equal(a, b)
     finally:
         fs.rm("/pdc-test-shards", recursive=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scaling: reader slots never outnumber shards; a resumed run continues its stream; pinned memory.
+
+class _FakeWorkerInfo:
+    def __init__(self, id: int, num_workers: int) -> None:
+        self.id, self.num_workers = id, num_workers
+
+
+def _slots_of(stream, monkeypatch) -> list[tuple[int, int, list[str]]]:
+    """Every reader slot of one rank's loader, enumerated in-process: ``(slot, slots, shard URLs it streams)``,
+    using the dataset's own slot logic under a fake ``get_worker_info`` for each of its loader workers."""
+    import pdc.data.loader as L
+
+    dataset, out = stream.loader.dataset, []
+    for wid in range(max(1, stream.num_workers)):
+        info = _FakeWorkerInfo(wid, stream.num_workers) if stream.num_workers else None
+        monkeypatch.setattr(L, "get_worker_info", lambda info=info: info)
+        slot, slots, _ = dataset._slot()
+        out.append((slot, slots, list(dataset.pipeline(slot, slots).pipeline[0].urls)))
+    return out
+
+
+@pytest.fixture
+def ten_shards(tmp_path, rgb_folder) -> Path:
+    """10 train shards of 6 small images each: enough images for 8 ranks × 6 workers by the image count alone."""
+    rgb_folder(tmp_path / "many", 60, h=20, w=24)
+    out = tmp_path / "shards10"
+    build_shards(tmp_path / "many", out, shard_size=6, val_fraction=0.0, min_size=16)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # built, never iterated: no processes
+@pytest.mark.parametrize(("world", "workers"), [(8, 1), (3, 3), (2, 5), (16, 0)])
+def test_reader_slots_never_outnumber_shards(world, workers, ten_shards, monkeypatch):
+    """8 ranks asking 6 loader workers each over 10 shards (60 images: 7 per rank, so the image clamp alone
+    would allow all 6): at most 10 slots, and each shard streamed by exactly one slot, which streams only its
+    own shards. With more ranks than shards (16) there are no loader workers and each rank reads every shard,
+    keeping its samples (the sample-level split)."""
+    from collections import Counter
+
+    from pdc.data.shards import read_manifest
+
+    names = [e["name"] for s in read_manifest(ten_shards)["shards"].values() for e in s]
+    assert len(names) == 10
+    slots = []
+    for rank in range(world):
+        stream = make_loader(ten_shards, 16, 1, num_workers=6, rank=rank, world=world, split="all")
+        assert stream.num_workers == workers  # the count in effect is what the loader reports
+        slots += _slots_of(stream, monkeypatch)
+    assert sorted(s for s, _, _ in slots) == list(range(len(slots)))
+    assert all(n == len(slots) for _, n, _ in slots)
+    if world <= len(names):
+        assert len(slots) <= len(names)
+        read = Counter(Path(u).name for _, _, urls in slots for u in urls)
+        assert read == Counter(names)  # every shard by exactly one slot
+    else:
+        assert len(slots) == world and all(len(urls) == len(names) for _, _, urls in slots)
+
+
+def test_two_ranks_read_disjoint_shards_that_make_up_the_train_split(tmp_path, rgb_folder, monkeypatch):
+    """2 ranks asking 4 loader workers over 3 train shards get 1 worker each (2 slots ≤ 3 shards): the ranks
+    stream disjoint shards, and the images they decode together are exactly the train split's."""
+    from pdc.imageio import read_image
+
+    files = rgb_folder(tmp_path / "raw", 12, h=20, w=24)
+    shards = tmp_path / "shards"
+    build_shards(tmp_path / "raw", shards, shard_size=4, val_fraction=0.0, min_size=16)
+    assert len(list(shards.glob("train-*.tar"))) == 3
+    urls, images = [], []
+    for rank in (0, 1):
+        stream = make_loader(shards, 16, 1, num_workers=4, rank=rank, world=2, split="train")
+        assert stream.num_workers == 1
+        ((slot, slots, mine),) = _slots_of(stream, monkeypatch)
+        urls.append({Path(u).name for u in mine})
+        it = stream.loader.dataset._images(slot, slots, np.random.default_rng(0))
+        images.append({next(it).tobytes() for _ in range(60)})  # drawn with replacement: enough to see them all
+    assert urls[0] and urls[1] and not urls[0] & urls[1]
+    assert urls[0] | urls[1] == {p.name for p in shards.glob("train-*.tar")}
+    assert not images[0] & images[1]
+    assert images[0] | images[1] == {read_image(f).tobytes() for f in files}
+
+
+@pytest.mark.parametrize("kind", ["shards", "folder"])
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_a_resumed_stream_continues_instead_of_replaying(kind, loader_workers, corpus, shards):
+    """A stream resumed at step N (``start_at``, as ``_run`` does, or ``start_step``) draws other crops than the
+    fresh stream's first batches (which today's loader would replay), the same ones on every resume at N, and
+    others again at another step; ``start_step=0`` is the fresh stream itself.  It is not compared with batches
+    N… of an uninterrupted run: the resumed slots are reseeded rather than fast-forwarded (module docstring)."""
+    source = shards if kind == "shards" else corpus
+
+    def first(start: int | None, via_call: bool = True, n: int = 3) -> torch.Tensor:
+        kw = dict(seed=1, num_workers=loader_workers, split="train")
+        if start is not None and not via_call:
+            kw["start_step"] = start
+        s = make_loader(source, 16, 2, **kw)
+        if start is not None and via_call:
+            s.start_at(start)
+        out = torch.cat([next(s) for _ in range(n)])
+        s.close()
+        return out
+
+    fresh, resumed = first(None), first(40)
+    assert torch.equal(first(0, via_call=False), fresh)
+    assert torch.equal(first(40, via_call=False), resumed)  # deterministic: the checkpoint fixes the stream
+    assert not torch.equal(resumed, fresh)  # not a replay of steps 1, 2, …
+    assert not torch.equal(first(41), resumed)
+    crops = lambda x: {c.numpy().tobytes() for c in x}  # noqa: E731
+    assert not crops(resumed) & crops(torch.cat([fresh, first(None, n=6)]))  # not even the same crops
+
+
+def test_start_at_refuses_a_started_stream(shards):
+    s = make_loader(shards, 16, 2)
+    next(s)
+    with pytest.raises(RuntimeError, match="start_at"):
+        s.start_at(5)
+
+
+def test_pin_memory_reaches_the_dataloader(shards):
+    assert make_loader(shards, 16, 2).loader.pin_memory is False
+    assert make_loader(shards, 16, 2, pin_memory=True).loader.pin_memory is True
