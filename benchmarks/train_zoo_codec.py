@@ -11,6 +11,9 @@ point whose package exists is skipped. The result is a model set of codec-only p
     # or, to fine-tune while the anchor still trains: pdc train export <anchor checkpoint> -r r1 -o warm/r1
     .venv/bin/python benchmarks/train_zoo_codec.py --only r0 --init warm/r1 ; … --only r2 --init warm/r1
     # then: pdc evaluate -m outputs/zoo-codec --systems codec,jpeg,webp ; cp -r outputs/zoo-codec pdc/zoo/small
+    # continue every rate point of a shipped set from its own weights (how the shipped set grows):
+    .venv/bin/python benchmarks/train_zoo_codec.py --continue-from pdc/zoo/small --finetune-steps 6000 \
+        --finetune-lr 2e-4 --out outputs/zoo-codec-cont
 
 Rate points and the codec architecture come from params.yaml (profile ``small``), whose codec stage
 starts from the shipped weights (``train.codec_init: shipped``).
@@ -40,6 +43,8 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None,
                     help="package the fine-tuned rate points start from (default: the anchor's; e.g. an earlier "
                          "state of it written by `pdc train export`)")
+    ap.add_argument("--continue-from", type=Path, default=None,
+                    help="a model set: every rate point fine-tunes from its own package there (no anchor run)")
     args = ap.parse_args()
 
     params = load_params(args.params, args.profile)
@@ -60,7 +65,10 @@ def main() -> None:
         out = args.out / name
         if out.is_dir() or name not in only:
             continue
-        init = None if name == anchor else (args.init or args.out / anchor)
+        if args.continue_from is not None:
+            init = args.continue_from / name
+        else:
+            init = None if name == anchor else (args.init or args.out / anchor)
         res = run_stage("codec", scratch if init is None else finetune, name, data=args.data, out=out, init=init,
                         workdir=args.out.parent / f"{args.out.name}-ckpt" / name,
                         metrics=args.out.parent / f"{args.out.name}-metrics" / f"{name}.json")

@@ -166,6 +166,10 @@ class DiffusionTrainConfig(StageTrainConfig):
     whatever ``prediction_type`` outputs), the recipe before this one.
     """
 
+    #: The image-loss fields that a privileged decoder trained with ``loss: diffusion`` reuses
+    #: (:class:`PrivilegedTrainConfig`).
+    IMAGE_LOSS_FIELDS: ClassVar[tuple[str, ...]] = ("mse_weight", "lpips_weight", "lpips_net", "lpips_crop")
+
     mse_weight: float = Field(1.0, ge=0)
     #: Weight of the x̂0-MSE at noise level t is min(SNR_t, snr_clip) (Min-SNR); 0 = plain MSE on the
     #: network's own target (ε, v or x0).
@@ -185,6 +189,21 @@ class DiffusionTrainConfig(StageTrainConfig):
             raise ValueError("mse_weight and lpips_weight are both 0: nothing to train")
         return self
 
+    def image_loss(self) -> dict[str, Any]:
+        """The :data:`IMAGE_LOSS_FIELDS` and their values."""
+        return {k: getattr(self, k) for k in self.IMAGE_LOSS_FIELDS}
+
+
+class PrivilegedTrainConfig(StageTrainConfig):
+    """The privileged decoder's recipe. ``loss``: "mse" is D_e as the method uses it (the fidelity anchor
+    CorrDiff corrects towards); "diffusion" trains it with the diffusion stage's image loss instead,
+    ``mse_weight``·MSE + ``lpips_weight``·LPIPS(``lpips_net``) on an ``lpips_crop``² window, weights taken
+    from the same profile's ``train.diffusion``: the e2e-lpips control (``pdc evaluate --e2e-lpips``), which
+    separates what the diffusion decoder adds from what its LPIPS training term alone buys.
+    """
+
+    loss: Literal["mse", "diffusion"] = "mse"
+
 
 class TrainConfig(_Strict):
     codec: StageTrainConfig = StageTrainConfig()
@@ -193,7 +212,7 @@ class TrainConfig(_Strict):
     #: package), else from scratch; "scratch" = always a fresh codec.
     codec_init: Literal["shipped", "scratch"] = "scratch"
     diffusion: DiffusionTrainConfig = DiffusionTrainConfig()
-    privileged: StageTrainConfig = StageTrainConfig()
+    privileged: PrivilegedTrainConfig = PrivilegedTrainConfig()
     #: Images (crops) the correction stage simulates the encoder on to fit the λ statistics.
     correction_images: int = Field(16, ge=1)
     correction_crop: int = Field(128, ge=64)

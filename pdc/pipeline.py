@@ -78,7 +78,8 @@ TRAIN_STAGES: tuple[TrainStage, ...] = (
                "Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."),
     TrainStage("privileged", "diffusion", True, _TRAIN_CODE + ("pdc/models/privileged.py",), ("privileged",),
                ("privileged",),
-               "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ."),
+               "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ; --loss diffusion trains it "
+               "with the diffusion's loss instead (the e2e-lpips control of `pdc evaluate --e2e-lpips`)."),
     TrainStage("correction", "privileged", False, _TRAIN_CODE + _DECODE_CODE,
                ("correction_images", "correction_crop"), ("correction", *_DIFFUSION_SAMPLING),
                "Stage 4: simulate the encoder on training crops, fit the λ tables, pick ε̃ by measured quality.", ()),

@@ -194,11 +194,13 @@ def run_stage_scaled(
     live: bool = False,
     num_workers: int | None = None,
     parent_run_id: str | None = None,
+    privileged_loss: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`pdc.stages.run_stage` on Ray Train with the profile's ``scaling``; returns its metrics.
 
-    ``num_workers`` overrides ``scaling.num_workers``; ``live`` logs the training loop to MLflow (rank 0),
-    nested under the pipeline run ``parent_run_id`` (default ``$PDC_MLFLOW_PARENT_RUN``) when given.
+    ``num_workers`` overrides ``scaling.num_workers`` and ``privileged_loss`` ``train.privileged.loss``; ``live``
+    logs the training loop to MLflow (rank 0), nested under the pipeline run ``parent_run_id`` (default
+    ``$PDC_MLFLOW_PARENT_RUN``) when given.
     """
     import ray
     import ray.train
@@ -207,7 +209,9 @@ def run_stage_scaled(
     from pdc.data.shards import is_url
     from pdc.tracking import live_tracking
 
-    params = with_num_workers(load_params(params_path, profile), num_workers)
+    from pdc.stages import with_privileged_loss
+
+    params = with_privileged_loss(with_num_workers(load_params(params_path, profile), num_workers), privileged_loss)
     scaling = params.active.scaling
     absolute = lambda p: Path(p).resolve() if p is not None else None  # noqa: E731 - workers may run elsewhere
     data = data if is_url(data) else absolute(data)

@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdc.config import Params
+from pydantic import ValidationError
+
+from pdc.config import Params, explain_validation
 from pdc.devices import resolve_device
 from pdc.distributed import SINGLE, Dist
 from pdc.errors import ConfigError
@@ -28,12 +30,15 @@ from pdc.train import MetricLogger, StageResult
 from pdc.pipeline import stage as stage_spec  # the one stage list (pdc/pipeline.py)
 
 
-def _batches(data: Path | str, cfg, d: Dist, loader_workers: int = 0):
-    """This worker's micro-batches: its share of the global batch, split for gradient accumulation."""
+def _batches(data: Path | str, cfg, d: Dist, loader_workers: int = 0, device: Any = "cpu"):
+    """This worker's micro-batches: its share of the global batch, split for gradient accumulation.
+
+    On a CUDA ``device`` the batches come in pinned memory (the training loop copies them with
+    ``non_blocking=True``). The stream starts lazily, so a resumed ``_run`` can still set its step."""
     from pdc.data.loader import make_loader
 
     return iter(make_loader(data, cfg.crop, cfg.micro_batch(d.world), seed=cfg.seed, num_workers=loader_workers,
-                            rank=d.rank, world=d.world))
+                            rank=d.rank, world=d.world, pin_memory=str(device).startswith("cuda")))
 
 
 def loss_history_path(metrics: Path) -> Path:
@@ -150,8 +155,8 @@ def run_stage(
             identity += f";warm={versions['warm_start']}"
             extra["warm_start"] = {"package": str(init), "hash": versions["warm_start"]}
         model = model.to(device)
-        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec, d, nl), prof.train.codec, workdir, log,
-                            identity, d)
+        res = T.train_codec(model, lmbda, _batches(data, prof.train.codec, d, nl, device), prof.train.codec, workdir,
+                            log, identity, d)
         result = _result_metrics(stage, res)
     else:
         if init is None:
@@ -176,16 +181,43 @@ def run_stage(
             model = T.apply_correction_fit(model, fit)
             result = {"stage": stage, "eps_mode": fit.eps_mode, **fit.report}
             extra["correction"] = fit.report
+            if "privileged_loss" in (init_meta := read_metadata(init)):  # the D_e this package carries on
+                extra["privileged_loss"] = init_meta["privileged_loss"]
         else:
             cfg = getattr(prof.train, stage)
-            fn = T.train_diffusion if stage == "diffusion" else T.train_privileged_decoder
-            result = _result_metrics(stage, fn(model, _batches(data, cfg, d, nl), cfg, workdir, log, identity, d))
+            batches = _batches(data, cfg, d, nl, device)
+            if stage == "diffusion":
+                res = T.train_diffusion(model, batches, cfg, workdir, log, identity, d)
+            else:
+                res = T.train_privileged_decoder(model, batches, cfg, workdir, log, identity, d,
+                                                 loss_weights=prof.train.diffusion)
+                extra["privileged_loss"] = privileged_loss_record(params)
+            result = _result_metrics(stage, res)
             model.mark_trained(stage)
     result.update(versions)
     if d.is_main:
         result["model_hash"] = save_package(model.to("cpu"), out, extra=extra)
         write_metrics(metrics, result)
     return result
+
+
+def privileged_loss_record(params: Params) -> dict[str, Any]:
+    """What a privileged stage's package records of its loss (``model.json`` → ``privileged_loss``): the
+    loss and, for "diffusion", the diffusion stage's weights it used."""
+    t = params.active.train
+    return {"loss": t.privileged.loss, **(t.diffusion.image_loss() if t.privileged.loss == "diffusion" else {})}
+
+
+def with_privileged_loss(params: Params, loss: str | None) -> Params:
+    """``params`` with the active profile's ``train.privileged.loss`` replaced (validated again); None: as is."""
+    if loss is None or loss == params.active.train.privileged.loss:
+        return params
+    doc = params.model_dump()
+    doc["profiles"][params.profile]["train"]["privileged"]["loss"] = loss
+    try:
+        return Params.model_validate(doc)
+    except ValidationError as exc:
+        raise explain_validation(exc, "--loss") from None
 
 
 def _network_fields(cfg: Any) -> dict[str, Any]:

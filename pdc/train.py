@@ -10,10 +10,13 @@ atomically (module, optimizer and EMA states, step, loss history, and a fingerpr
 identity: configuration except ``steps``, frozen inputs, and the caller's data and code versions).
 Called again with the same workdir and identity it continues from that step (also when ``steps`` was
 raised) instead of starting over; a checkpoint of another identity is ignored (training restarts).
+A resumed run tells a :mod:`pdc.data.loader` stream its step (``start_at``), so the crops go on from a
+fresh segment of the stream instead of replaying those of steps 1…step.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel, compute_snr
 from torch import nn
 
-from pdc.config import DiffusionTrainConfig, StageTrainConfig
+from pdc.config import DiffusionTrainConfig, PrivilegedTrainConfig, StageTrainConfig
+from pdc.devices import training_backends
 from pdc.distributed import (SINGLE, Dist, average_grads, check_same_step, gather_objects, mean_metrics, no_sync,
                              step_generator, wrap)
 from pdc.fsutil import atomic_torch_save
@@ -101,6 +105,19 @@ class StepContext(NamedTuple):
 LossFn = Callable[[torch.Tensor, StepContext], tuple[torch.Tensor, dict[str, float]]]
 
 
+def _under_training_backends(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
+    """:func:`_run` under :func:`~pdc.devices.training_backends` of its modules' device: ``cudnn.benchmark``
+    on CUDA for the loop, restored afterwards (decoding keeps its deterministic kernels); nothing on the CPU."""
+
+    @functools.wraps(run)
+    def wrapped(stage: str, modules: dict[str, nn.Module], *args, **kwargs) -> StageResult:
+        with training_backends(next(next(iter(modules.values())).parameters()).device):
+            return run(stage, modules, *args, **kwargs)
+
+    return wrapped
+
+
+@_under_training_backends
 def _run(
     stage: str,
     modules: dict[str, nn.Module],
@@ -148,6 +165,9 @@ def _run(
     check_same_step(start, d, device, f"{stage}: workers resumed from different checkpoints ({ckpt}); is it on storage "
                               "every worker sees?")
     resumed_from = start
+    start_at = getattr(batches, "start_at", None)  # a pdc.data.loader stream: continue, do not replay steps 1…start
+    if start and start_at is not None:
+        start_at(start)
     torch.manual_seed(cfg.seed + start + 104_729 * d.rank)  # workers draw different model-internal noise
     for m in modules.values():
         m.train()
@@ -310,6 +330,31 @@ def _frozen_latents(model: CorrDiffModel, x: torch.Tensor) -> tuple[torch.Tensor
         return y_hat, model.codec.g_s(y_hat).clamp(0, 1)
 
 
+#: LPIPS of a reconstruction against its original, on a window drawn from the step's generator ``g``.
+PerceptualLoss = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def _perceptual_loss(cfg: DiffusionTrainConfig) -> PerceptualLoss | None:
+    """The diffusion recipe's LPIPS term (None when ``lpips_weight`` is 0): LPIPS(``lpips_net``) on a random
+    ``lpips_crop``² window. The window comes from the step's generator, so every worker cuts the same one and
+    the step does not depend on how the batch is split; it is drawn after whatever the caller drew from it."""
+    if cfg.lpips_weight <= 0:
+        return None
+    from pdc.metrics.perceptual import lpips_model
+
+    net = lpips_model(cfg.lpips_net)
+
+    def term(x_hat: torch.Tensor, x_ref: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if cfg.lpips_crop and cfg.lpips_crop < min(x_ref.shape[-2:]):
+            c = cfg.lpips_crop
+            i, j = (int(v) for v in torch.randint(0, min(x_ref.shape[-2:]) - c + 1, (2,), generator=g,
+                                                  device=x_ref.device))
+            x_hat, x_ref = x_hat[..., i : i + c, j : j + c], x_ref[..., i : i + c, j : j + c]
+        return net.to(x_ref.device)(x_hat * 2 - 1, x_ref * 2 - 1, normalize=False).float().mean()
+
+    return term
+
+
 def train_diffusion(
     model: CorrDiffModel,
     batches: Iterator[torch.Tensor],
@@ -337,12 +382,7 @@ def train_diffusion(
     ac = model.scheduler.alphas_cumprod
     dcfg = model.config.diffusion
     s, n_t, kind = dcfg.residual_scale, dcfg.train_timesteps, dcfg.prediction_type
-    perceptual = None
-    if cfg.lpips_weight > 0:
-        from pdc.metrics.perceptual import lpips_model
-
-        perceptual = lpips_model(cfg.lpips_net)
-
+    perceptual = _perceptual_loss(cfg)
     forward = wrap(net, d)
 
     def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
@@ -365,13 +405,7 @@ def train_diffusion(
         metrics = {"mse": mse.item()}
         loss = cfg.mse_weight * mse
         if perceptual is not None:
-            x_hat = (x_base + r0_hat / s).clamp(0, 1)
-            x_ref = x
-            if cfg.lpips_crop and cfg.lpips_crop < min(x.shape[-2:]):
-                c = cfg.lpips_crop
-                i, j = (int(v) for v in torch.randint(0, min(x.shape[-2:]) - c + 1, (2,), generator=g, device=x.device))
-                x_hat, x_ref = x_hat[..., i : i + c, j : j + c], x_ref[..., i : i + c, j : j + c]
-            p = perceptual.to(x.device)(x_hat * 2 - 1, x_ref * 2 - 1, normalize=False).float().mean()
+            p = perceptual((x_base + r0_hat / s).clamp(0, 1), x, g)
             loss = loss + cfg.lpips_weight * p
             metrics["lpips"] = p.item()
         return loss, {"loss": loss.item(), **metrics}
@@ -387,26 +421,50 @@ def train_diffusion(
 def train_privileged_decoder(
     model: CorrDiffModel,
     batches: Iterator[torch.Tensor],
-    cfg: StageTrainConfig,
+    cfg: PrivilegedTrainConfig | StageTrainConfig,
     workdir: Path | None = None,
     log: MetricLogger | None = None,
     identity: str = "",
     d: Dist = SINGLE,
+    *,
+    loss_weights: DiffusionTrainConfig | None = None,
 ) -> StageResult:
-    """Stage 3: D_e on frozen ŷ for MSE, starting from the trained g_s (a fresh run copies it in)."""
+    """Stage 3: D_e on frozen ŷ, starting from the trained g_s (a fresh run copies it in).
+
+    Loss ``cfg.loss``: "mse", or "diffusion": ``loss_weights``' image loss (the diffusion stage's
+    config, :data:`~pdc.config.DiffusionTrainConfig.IMAGE_LOSS_FIELDS`)::
+
+        loss = mse_weight · MSE(D_e(ŷ), x) + lpips_weight · LPIPS(D_e(ŷ), x)   on a random lpips_crop² window
+    """
+    cfg = cfg if isinstance(cfg, PrivilegedTrainConfig) else PrivilegedTrainConfig(**cfg.model_dump())
+    if cfg.loss == "diffusion" and loss_weights is None:
+        raise ValueError("privileged loss 'diffusion' needs loss_weights (the diffusion stage's train config)")
+    weights = loss_weights if cfg.loss == "diffusion" else None
     model.codec.eval().requires_grad_(False)
     de = model.privileged
     de.g_s.load_state_dict(model.codec.g_s.state_dict())  # a resumed run then loads its own state
     opt = torch.optim.Adam(de.parameters(), lr=cfg.lr)
-
+    perceptual = _perceptual_loss(weights) if weights is not None else None
     forward = wrap(de, d)
 
     def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         y_hat, _ = _frozen_latents(model, x)
-        mse = F.mse_loss(forward(y_hat).float(), x)
-        return mse, {"loss": mse.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+        x_hat = forward(y_hat).float()
+        mse = F.mse_loss(x_hat, x)
+        metrics = {"psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+        if weights is None:
+            return mse, {"loss": mse.item(), **metrics}
+        loss = weights.mse_weight * mse
+        metrics["mse"] = mse.item()
+        if perceptual is not None:
+            p = perceptual(x_hat, x, step_generator(cfg.seed, ctx.step, x.device))
+            loss = loss + weights.lpips_weight * p
+            metrics["lpips"] = p.item()
+        return loss, {"loss": loss.item(), **metrics}
 
-    fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec), identity)
+    # cfg carries ``loss``; with "diffusion" its weights are part of the run's identity too.
+    fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec), identity,
+                      *([weights.image_loss()] if weights is not None else []))
     result = _run("privileged", {"privileged": de}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
                   ddp=forward, d=d)
     model.codec.requires_grad_(True)

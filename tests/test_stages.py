@@ -213,3 +213,18 @@ def test_each_stage_builds_its_own_network_from_the_profile(tmp_path):
               init=tmp_path / "codec")
     warm = json.loads((tmp_path / "warm" / "model.json").read_text())
     assert warm["warm_start"]["hash"] == meta["hash"]
+
+
+@pytest.mark.parametrize(("device", "pinned"), [("cpu", False), ("cuda", True), ("cuda:1", True),
+                                                (torch.device("cuda", 0), True), (torch.device("cpu"), False)])
+def test_training_batches_are_pinned_for_a_cuda_device_only(device, pinned, monkeypatch):
+    """run_stage's loader: pin_memory (for the loop's non_blocking copies) exactly when training runs on CUDA."""
+    import pdc.data.loader as L
+    from pdc.config import StageTrainConfig
+    from pdc.distributed import SINGLE
+    from pdc.stages import _batches
+
+    calls = []
+    monkeypatch.setattr(L, "make_loader", lambda *a, **kw: calls.append(kw) or iter(()))
+    _batches("data", StageTrainConfig(), SINGLE, 0, device)
+    assert calls[0]["pin_memory"] is pinned

@@ -130,3 +130,97 @@ def test_entropy_bottleneck_quantiles_are_fitted():
     assert before > 10 and after < 1.0
     q = codec.entropy_bottleneck.quantiles.detach()
     assert bool((q[..., 0] < q[..., 1]).all() and (q[..., 1] < q[..., 2]).all())
+
+
+def test_privileged_decoder_with_the_diffusions_loss_logs_lpips_and_is_another_run(tmp_path):
+    """loss "diffusion" (the e2e-lpips control): D_e learns from MSE + LPIPS with the diffusion's weights, so
+    from the same seed it ends elsewhere than the MSE run and logs its LPIPS; a checkpoint of the MSE run (or of
+    other weights) is not continued, the same run is."""
+    from pdc.config import DiffusionTrainConfig, PrivilegedTrainConfig
+    from pdc.train import train_privileged_decoder
+
+    weights = DiffusionTrainConfig(mse_weight=0.1, lpips_weight=0.9, lpips_crop=48)
+
+    def run(loss: str, w: DiffusionTrainConfig = weights):
+        model = init_model(micro_config(), seed=0)
+        logged: list[str] = []
+        res = train_privileged_decoder(model, _batches(), PrivilegedTrainConfig(steps=3, batch_size=2, crop=64,
+                                                                                lr=3e-3, loss=loss),
+                                       tmp_path / "ck", lambda name, value, step: logged.append(name),
+                                       loss_weights=w)
+        return res, model.privileged.state_dict(), logged
+
+    mse, mse_state, mse_logged = run("mse")
+    assert "lpips" not in mse.metrics and "privileged/lpips" not in mse_logged
+    dif, dif_state, dif_logged = run("diffusion")
+    assert dif.resumed_from == 0  # the MSE run's checkpoint has another fingerprint
+    assert "privileged/lpips" in dif_logged and math.isfinite(dif.metrics["lpips"])
+    assert dif.metrics["loss"] == pytest.approx(0.1 * dif.metrics["mse"] + 0.9 * dif.metrics["lpips"], rel=1e-5)
+    assert any(not torch.equal(mse_state[k], dif_state[k]) for k in mse_state)
+    assert run("diffusion")[0].resumed_from == 3  # the same run continues
+    assert run("diffusion", weights.model_copy(update={"lpips_weight": 0.5}))[0].resumed_from == 0
+    with pytest.raises(ValueError, match="loss_weights"):
+        train_privileged_decoder(init_model(micro_config(), seed=0), _batches(),
+                                 PrivilegedTrainConfig(steps=1, batch_size=2, crop=64, loss="diffusion"))
+
+
+class _Stream:
+    """A loader stream stand-in: endless (1, 2) batches; records what ``start_at`` was told."""
+
+    def __init__(self) -> None:
+        self.started_at: list[int] = []
+
+    def start_at(self, step: int) -> None:
+        self.started_at.append(step)
+
+    def __next__(self) -> torch.Tensor:
+        return torch.ones(1, 2)
+
+
+def _tiny_run(workdir, steps: int, stream: _Stream):
+    from pdc.train import _run
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    cfg = StageTrainConfig(steps=steps, batch_size=1, crop=64, checkpoint_every=1)
+
+    def loss_fn(x, ctx):
+        loss = net(x).pow(2).mean()
+        return loss, {"loss": loss.item()}
+
+    return _run("tiny", {"net": net}, {"main": torch.optim.SGD(net.parameters(), lr=0.1)}, loss_fn, stream, cfg,
+                workdir, None, "same-run")
+
+
+def test_a_resumed_run_tells_the_loader_its_step(tmp_path):
+    """A fresh run leaves the stream as it is (its batches unchanged); a run resumed at step 2 tells the stream,
+    so a pdc.data.loader stream continues with fresh crops rather than replaying those of steps 1 and 2."""
+    fresh, resumed = _Stream(), _Stream()
+    assert _tiny_run(tmp_path, 2, fresh).resumed_from == 0
+    assert fresh.started_at == []
+    assert _tiny_run(tmp_path, 3, resumed).resumed_from == 2
+    assert resumed.started_at == [2]
+
+
+def test_training_runs_under_cudnn_benchmark_on_cuda_only(tmp_path, monkeypatch):
+    """The loop runs inside devices.training_backends(its device): on CUDA cudnn.benchmark for the loop, put
+    back afterwards (decoding keeps deterministic kernels); on the CPU nothing changes."""
+    import pdc.train as T
+    from pdc.devices import training_backends
+
+    seen = []
+    real = T.training_backends
+    monkeypatch.setattr(T, "training_backends", lambda device: (seen.append(str(device)), real(device))[1])
+    _tiny_run(None, 1, _Stream())
+    assert seen == ["cpu"]
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with training_backends("cpu"):
+            assert torch.backends.cudnn.benchmark is False
+        for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+            with training_backends(device):
+                assert torch.backends.cudnn.benchmark is True
+            assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -242,7 +242,15 @@ def evaluate(
                           "corrdiff-g<γ>). Default: all of those. Opt-in: corrdiff-pick (the encoder's perceptual "
                           "λ pick, ≈ 9 samplings per image) and corrdiff-nobits (the decoder's fixed λ schedule, no "
                           "λ bits). Matched-noise controls (e2e-noise[-hf][-pick]) run for corrdiff and "
-                          "corrdiff-pick when e2e runs beside them."),
+                          "corrdiff-pick when e2e runs beside them; e2e-lpips runs with --e2e-lpips."),
+    ] = None,
+    e2e_lpips: Annotated[
+        Path | None,
+        typer.Option("--e2e-lpips", help="The loss control: a package or model set (as many rate points as --model) "
+                                          "whose D_e was trained with the diffusion's loss (`pdc train privileged "
+                                          "--loss diffusion`) on the same codec weights (checked). Adds the system "
+                                          "e2e-lpips: the e2e files decoded by that D_e, and BD-rates "
+                                          "diffusion_vs_e2e_lpips_*. Needs e2e in the run."),
     ] = None,
     classic: Annotated[
         str | None,
@@ -292,11 +300,13 @@ def evaluate(
         if rate >= len(members):
             raise PdcError(f"{model}: --rate {rate} out of range (the set has {len(members)} rate points)")
         model_dir = members[rate]
+        if e2e_lpips is not None and len(alts := rate_packages(e2e_lpips)) == len(members) > 1:
+            e2e_lpips = alts[rate]  # the same rate point of a set as large as --model
     summary = evaluate_model_set(
         model_dir, images, out, fid_images=fid_dir, limit=limit, crop=crop, steps=steps, gammas=gamma_values,
         progress=True, with_lpips=not no_lpips, fid_limit=fid_limit, seed=seed, decode=not no_decode,
         systems=_names(systems), classic=None if classic is None else _classic(classic), training_data=training_data,
-        training_val_fraction=val_fraction, device=device,
+        training_val_fraction=val_fraction, device=device, e2e_lpips=e2e_lpips,
     )
     if json_out is not None:
         atomic_write_bytes(json_out, (json.dumps(summary, indent=2) + "\n").encode())

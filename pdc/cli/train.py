@@ -7,8 +7,9 @@ calls). ``pdc pipeline dvc-yaml`` writes ``dvc.yaml`` from the same definition.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -40,19 +41,24 @@ Track = Annotated[bool | None, typer.Option("--track/--no-track", help="Log the 
                                            "PDC_TRACKING_URI or params.yaml pipeline.tracking_uri; nested under "
                                            "$PDC_MLFLOW_PARENT_RUN when set).")]
 
+Loss = Annotated[Literal["mse", "diffusion"] | None, typer.Option(
+    help="D_e's training loss (default: the profile's train.privileged.loss, mse). 'diffusion': the diffusion "
+         "stage's loss, mse_weight·MSE + lpips_weight·LPIPS(lpips_net) with the profile's train.diffusion weights: "
+         "the e2e-lpips control of `pdc evaluate --e2e-lpips` (give it its own --out and --workdir).")]
+
 
 def _stage_command(spec: TrainStage):
     def command(rate_point: Rate, data: Data = None, init: Init = None, out: Out = None, workdir: Work = None,
                 params: Params = Path("params.yaml"), profile: ProfileOpt = None, metrics: Metrics = None,
-                workers: Workers = None, track: Track = None) -> None:
+                workers: Workers = None, track: Track = None, loss: Loss = None) -> None:
         from contextlib import nullcontext
 
         from pdc.config import load_params
         from pdc.pipeline import Layout
         from pdc.scale import with_num_workers
-        from pdc.stages import run_stage
+        from pdc.stages import run_stage, with_privileged_loss
 
-        p = with_num_workers(load_params(params, profile), workers)
+        p = with_privileged_loss(with_num_workers(load_params(params, profile), workers), loss)
         lay = Layout.of(p)
         paths = dict(
             data=data or lay.shards_dir,
@@ -73,7 +79,7 @@ def _stage_command(spec: TrainStage):
             from pdc.scale import run_stage_scaled
 
             res = run_stage_scaled(spec.name, params, profile, rate_point, num_workers=workers, live=tracking is not None,
-                                   **paths)
+                                   privileged_loss=loss, **paths)
         else:
             live = nullcontext(None)
             if tracking is not None:
@@ -87,6 +93,9 @@ def _stage_command(spec: TrainStage):
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
 
     command.__doc__ = spec.help
+    if spec.name != "privileged":  # --loss is the privileged stage's alone: hide it from the others
+        sig = inspect.signature(command, eval_str=True)  # typer reads these: the types, not their strings
+        command.__signature__ = sig.replace(parameters=[q for q in sig.parameters.values() if q.name != "loss"])
     return command
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pdc.rd.bd import LOWER_IS_BETTER, bd_rate, pareto_front
-from pdc.rd.systems import Point, System
+from pdc.rd.systems import E2E_LPIPS_KEY, Point, System
 
 #: CompressAI ``eval_model`` result keys for our metric names (``compressai.utils.plot`` reads these).
 COMPRESSAI_KEYS = {
@@ -248,7 +248,8 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
 
     ``corrdiff_vs_jpeg_lpips`` is the figure for users (bits saved over the ubiquitous codec at equal
     LPIPS); ``corrdiff_vs_e2e_noise_lpips*`` says whether CorrDiff's perceptual gain is more than the
-    noise-texture gain of the control at the same PSNR and bit-rate.
+    noise-texture gain of the control at the same PSNR and bit-rate; ``diffusion_vs_e2e_lpips_*`` whether
+    the diffusion decoder beats a one-pass decoder trained with its own loss (the premise: on FID/KID).
     """
     sys = by_system(points)
     corr_all = [p for p in points if p.system.kind == "learned" and p.system.mode is not None
@@ -275,17 +276,22 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
         for classic in ("jpeg", "webp"):
             if mse in sys and classic in sys:
                 compare(f"{mse}_vs_{classic}_psnr", _curve(sys[mse], "psnr"), mse, classic, "psnr")
-    # Each control against the CorrDiff system it is matched to, on every perceptual metric measured
-    # (FID/KID only where an FID set was given).
+
+    def perceptual(test: str, anchor: str) -> None:
+        """``test`` against ``anchor`` on every perceptual metric measured (FID/KID only where an FID set was given)."""
+        for metric in ("lpips", "lpips_vgg", "fid", "kid"):
+            if metric in ("lpips", "lpips_vgg") or not any(math.isnan(p.metrics()[metric])
+                                                          for p in sys[test] + sys[anchor]):
+                compare(f"{test}_vs_{anchor}_{metric}".replace("-", "_"), _curve(sys[test], metric), test, anchor,
+                        metric)
+
+    # Each control against the CorrDiff system it is matched to.
     for key, pts in sys.items():
         control = pts[0].system
-        if not control.is_control or control.matched_to not in sys:
-            continue
-        target = sys[control.matched_to]
-        for metric in ("lpips", "lpips_vgg", "fid", "kid"):
-            if metric in ("lpips", "lpips_vgg") or not any(math.isnan(p.metrics()[metric]) for p in target + pts):
-                compare(f"{control.matched_to}_vs_{key}_{metric}".replace("-", "_"), _curve(target, metric),
-                        control.matched_to, key, metric)
+        if control.is_control and control.matched_to in sys:
+            perceptual(control.matched_to, key)
+    if "diffusion" in sys and E2E_LPIPS_KEY in sys:
+        perceptual("diffusion", E2E_LPIPS_KEY)
     if len(corr_all) > len(corr):
         compare("corrdiff_gamma_front_vs_diffusion_psnr", _front(corr_all, "psnr", True),
                 "corrdiff (best γ per bit-rate: Pareto front over all γ and rate points)", "diffusion", "psnr")
@@ -349,7 +355,9 @@ def distortion_perception(points: Sequence[Point]) -> dict[str, list[dict[str, A
     gain is taken against the nearer endpoint (no mix reaches that LPIPS).
     """
     out: dict[str, list[dict[str, Any]]] = {}
-    learned = [p for p in points if p.system.kind == "learned" and p.system.key != "codec" and not p.system.is_control]
+    # e2e-lpips is another model's D_e (mode e2e too): the curve is one model's, from its diffusion to its e2e.
+    learned = [p for p in points if p.system.kind == "learned" and p.system.key not in ("codec", E2E_LPIPS_KEY)
+               and not p.system.is_control]
     for label in dict.fromkeys(p.label for p in learned):
         pts = [p for p in learned if p.label == label]
         entries = []

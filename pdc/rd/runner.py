@@ -5,7 +5,9 @@ CorrDiff, diffusion-only (λ ≡ 0), the privileged e2e decoder and the hyperpri
 CorrDiff at extra correction strengths γ (the distortion–perception knob), the control "e2e + matched
 noise" (:mod:`pdc.rd.control`: the e2e reconstruction, same file and bpp, plus Gaussian noise whose σ
 brings each image to CorrDiff's PSNR — the perceptual metrics must prefer CorrDiff to it, or its gain is
-noise), and JPEG/WebP/AVIF through Pillow at several qualities, code the same images:
+noise), with ``e2e_lpips`` the loss control "e2e-lpips" (another set's D_e, trained with the diffusion's
+loss on the same codec, decoding the e2e files), and JPEG/WebP/AVIF through Pillow at several qualities,
+code the same images:
 
 * every file is really written (``streams/<system>/<point>/<image>.<ext>``) and bpp is 8 × its size on
   disk / pixels;
@@ -43,8 +45,8 @@ from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
 from pdc.rd.control import PSNR_TOL_DB, match_noise, noise_seed
-from pdc.rd.systems import (CONTROL_KEY, OPT_IN_SYSTEMS, Point, System, classic_systems, control_systems,
-                             learned_systems)
+from pdc.rd.systems import (CONTROL_KEY, E2E_LPIPS, E2E_LPIPS_KEY, OPT_IN_SYSTEMS, Point, System, classic_systems,
+                             control_systems, learned_systems)
 
 if TYPE_CHECKING:
     from pdc.metrics.perceptual import Kid
@@ -184,6 +186,16 @@ def _as_tensor(rec: torch.Tensor | np.ndarray) -> torch.Tensor:
     return rec if isinstance(rec, torch.Tensor) else uint8_to_tensor(rec)
 
 
+def _e2e_file(e2e: Point, i: int) -> dict[str, Any]:
+    """The per-image record of a system that writes no file and reuses e2e's: its bytes (no λ), timings and
+    path (``stream``); empty for an FID image (index past the test images), which keeps no record."""
+    if i >= len(e2e.images):
+        return {}
+    row = e2e.images[i]
+    return {"bytes": row["bytes"], "lambda_bytes": 0, "stream": f"streams/e2e/{e2e.label}/{row['image']}.pdc",
+            **{k: row[k] for k in ("encode_s", "decode_s") if k in row}}
+
+
 def _matched_noise(e2e: Point, e2e_recs: Kept, target_recs: Kept, seed: int, band_sigma: float = 0.0) -> Coder:
     """A control's coder: image ``i``'s e2e reconstruction + noise matched to the target system's PSNR on
     it (``band_sigma`` > 0: noise above that low-pass only, :func:`pdc.rd.control.gaussian_noise`).
@@ -196,12 +208,51 @@ def _matched_noise(e2e: Point, e2e_recs: Kept, target_recs: Kept, seed: int, ban
         s = noise_seed(seed, i)
         m = match_noise(_as_tensor(e2e_recs[i]), ref, psnr(_as_tensor(target_recs[i]), ref), seed=s,
                         band_sigma=band_sigma)
-        info: dict[str, Any] = {"noise_sigma": m.sigma, "noise_seed": s, "target_psnr": m.target_psnr}
-        if i < len(e2e.images):  # a test image (FID images keep no per-image record)
-            row = e2e.images[i]
-            info = {"bytes": row["bytes"], "lambda_bytes": 0, "stream": f"streams/e2e/{e2e.label}/{row['image']}.pdc",
-                    **{k: row[k] for k in ("encode_s", "decode_s") if k in row}, **info}
-        return m.image, info
+        return m.image, {**_e2e_file(e2e, i), "noise_sigma": m.sigma, "noise_seed": s, "target_psnr": m.target_psnr}
+
+    return code
+
+
+def _e2e_lpips_members(members: Sequence[Path], alt: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The packages (and their metadata) of ``alt`` (``--e2e-lpips``) for the evaluated ``members``, rate point by
+    rate point. Each must hold a trained D_e on the very codec weights of its member (then its ŷ, and the e2e
+    file, are the member's), and not one recorded as trained for MSE; else :class:`PdcError` naming both."""
+    from pdc.models.package import PARTS, load_package, rate_packages, read_metadata, state_digest
+
+    alts = rate_packages(alt)
+    if len(alts) != len(members):
+        raise PdcError(f"--e2e-lpips {alt}: has {len(alts)} rate point(s), the evaluated model {len(members)}")
+    out = []
+    for main, other in zip(members, alts):
+        meta = read_metadata(other)
+        parts = meta.get("parts", PARTS)
+        if "privileged" not in parts:
+            raise PdcError(f"--e2e-lpips {other}: holds no trained privileged decoder (parts: {', '.join(parts)}), "
+                           f"needed to decode {main}'s latent (`pdc train privileged --loss diffusion`)")
+        loss = (meta.get("privileged_loss") or {}).get("loss")
+        if loss not in (None, "diffusion"):  # packages from before the record say nothing: accepted
+            raise PdcError(f"--e2e-lpips {other}: its D_e was trained with loss {loss!r}, not 'diffusion': it is no "
+                           f"e2e-lpips control for {main}")
+        if state_digest(load_package(other).codec.state_dict()) != state_digest(load_package(main).codec.state_dict()):
+            raise PdcError(f"--e2e-lpips {other}: its codec differs from {main}'s: e2e-lpips must decode the same "
+                           "latent (train its D_e from that set's diffusion-stage package)")
+        out.append((other, meta))
+    return out
+
+
+def _e2e_lpips(model, alt, e2e: Point) -> Coder:
+    """The e2e-lpips coder: image ``i``'s ŷ as the e2e file carries it (``model``'s codec), decoded by ``alt``'s
+    D_e. Nothing is coded: the codecs are equal, so the file is e2e's (its bytes and timings are copied)."""
+    from pdc.codec import code_latent
+
+    device = next(model.parameters()).device
+
+    def code(i: int, img: np.ndarray, path: Path | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        h, w = img.shape[:2]
+        with torch.no_grad():
+            y_hat = code_latent(model, uint8_to_tensor(img).to(device)).y_hat
+            rec = alt.privileged(y_hat)[..., :h, :w].clamp(0, 1).cpu()
+        return rec, _e2e_file(e2e, i)
 
     return code
 
@@ -313,6 +364,7 @@ def evaluate_model_set(
     training_data: Path | None = None,
     training_val_fraction: float | None = None,
     device: str = "cpu",
+    e2e_lpips: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate every rate point of ``model_dir`` (a package or a model set) against the baselines.
 
@@ -330,6 +382,9 @@ def evaluate_model_set(
     learned systems to these keys (corrdiff, diffusion, e2e, codec, corrdiff-g<γ>, and the opt-in
     corrdiff-pick); a matched-noise control (:func:`control_systems`) runs for each of corrdiff and
     corrdiff-pick that runs beside e2e, white and (band-limited correction) high-band.
+    ``e2e_lpips``: a package or model set (as many rate points as ``model_dir``) whose D_e was trained with the
+    diffusion's loss on the same codec (:func:`_e2e_lpips_members` refuses anything else): adds the system
+    ``e2e-lpips`` (:data:`~pdc.rd.systems.E2E_LPIPS`: e2e's file decoded by that D_e), which needs e2e to run.
 
     Output layout in ``out`` (replaced as a whole): ``systems/<system>.json`` (CompressAI schema),
     ``rd.csv``, ``plots/<system>.csv`` (DVC plot data), ``rd_*.png``, ``dp_curve.png``, ``crops.png``,
@@ -380,15 +435,20 @@ def evaluate_model_set(
 
     trained = tuple(read_metadata(members[0]).get("parts", PARTS))
     usable = set(decodable_modes(trained))
+    if systems is not None and E2E_LPIPS_KEY in systems:  # runs with --e2e-lpips, whether named or not
+        if e2e_lpips is None:
+            raise PdcError(f"system {E2E_LPIPS_KEY} needs --e2e-lpips: a package set whose D_e was trained with "
+                           "the diffusion's loss (`pdc train privileged --loss diffusion`)")
+        systems = [s for s in systems if s != E2E_LPIPS_KEY]
     if systems is None:
         not_decodable = [s.key for s in learned if s.mode not in usable]
         learned = [s for s in learned if s.mode in usable]
     else:
         not_decodable = []
-        named = [s for s in learned + list(OPT_IN_SYSTEMS) if s.key in systems and s.mode not in usable]
-        if named:
+        undecodable = [s for s in learned + list(OPT_IN_SYSTEMS) if s.key in systems and s.mode not in usable]
+        if undecodable:
             raise PdcError(f"{model_dir}: holds trained {', '.join(trained)} networks only; "
-                           f"{', '.join(s.key for s in named)} cannot be decoded with it "
+                           f"{', '.join(s.key for s in undecodable)} cannot be decoded with it "
                            f"(decodable modes: {', '.join(m.label for m in decodable_modes(trained))})")
     if systems is not None:
         learned += [s for s in OPT_IN_SYSTEMS if s.key in systems]
@@ -402,8 +462,16 @@ def evaluate_model_set(
     band_sigma = float((read_metadata(members[0]).get("config") or {}).get("correction", {}).get("lowpass_sigma", 0.0))
     controls = control_systems(keys if "e2e" in keys else set(), band_limited=band_sigma > 0)
     kept_keys = {"e2e"} | {c.matched_to for c in controls} if controls else set()
+    # The loss control decodes e2e's files: it needs e2e, and packages whose codec is the evaluated one.
+    alt_members: list[tuple[Path, dict[str, Any]]] = []
+    if e2e_lpips is not None:
+        if "e2e" not in keys:
+            raise PdcError(f"--e2e-lpips {e2e_lpips}: the e2e-lpips system decodes the e2e system's files; "
+                           f"evaluate e2e too (learned systems here: {', '.join(sorted(keys)) or 'none'})")
+        alt_members = _e2e_lpips_members(members, Path(e2e_lpips))
     classic_sys = classic_systems(codecs)
-    n_points = len(members) * (len(learned) + len(controls)) + sum(len(c.qualities) for c in codecs)
+    n_points = (len(members) * (len(learned) + len(controls) + bool(alt_members))
+                + sum(len(c.qualities) for c in codecs))
     n_fid = len(fid_set.images) if fid_set else 0
     from pdc.progress import progress_bar
 
@@ -415,6 +483,7 @@ def evaluate_model_set(
         points: list[Point] = []
         grid: dict[tuple[str, str], tuple[np.ndarray, float]] = {}
         rate_info = []
+        alt_info = []
 
         def folder(root: str, point: Point, ext: str | None) -> Path | None:
             if ext is None:
@@ -485,6 +554,14 @@ def evaluate_model_set(
                 run_point(Point(control, label, rate_index=r),
                           _matched_noise(done["e2e"], kept["e2e"], kept[control.matched_to], seed, sigma), None,
                           in_grid=r == grid_rate and control.key == CONTROL_KEY)
+            if alt_members:
+                alt_path, alt_meta = alt_members[r]
+                alt = load_package(alt_path).to(codec_device(device))
+                run_point(Point(E2E_LPIPS, label, rate_index=r), _e2e_lpips(model, alt, done["e2e"]), None,
+                          in_grid=r == grid_rate)
+                alt_info.append({"label": label, "package": str(alt_path), "hash": alt_meta["hash"],
+                                 "privileged_loss": alt_meta.get("privileged_loss")})
+                del alt
             del model, kept
 
         for system in classic_sys:
@@ -519,6 +596,12 @@ def evaluate_model_set(
                                 for c in controls},
                     "metric": "psnr", "tolerance_db": PSNR_TOL_DB,
                     "noise_seed": "pdc.rd.control.noise_seed(seed, image index: test, then FID)",
+                },
+                "e2e_lpips": None if not alt_members else {
+                    "model": str(e2e_lpips), "base": "e2e", "rate_points": alt_info,
+                    "note": "codec weights equal to the evaluated set's (checked): the e2e files and bytes, ŷ "
+                            "decoded by this set's D_e; privileged_loss is what its package records (null: "
+                            "not recorded)",
                 },
                 "decoded_from_files": decode,
                 "classic": {c.key: {"format": c.pil_format, "qualities": list(c.qualities), "options": c.options}
@@ -569,7 +652,7 @@ def _write_outputs(tmp: Path, points: list[Point], grid: dict, names: list[str],
     grid_label = context["rate_points"][grid_rate]["label"] if grid_rate < len(context["rate_points"]) else f"r{grid_rate}"
     panels = [(f"original ({names[0]})", test[0])]
     ref_bpp = grid.get(("corrdiff", grid_label), (None, None))[1]
-    for key in ("corrdiff", "diffusion", "e2e", CONTROL_KEY, "codec"):
+    for key in ("corrdiff", "diffusion", "e2e", E2E_LPIPS_KEY, CONTROL_KEY, "codec"):
         if (key, grid_label) in grid:
             img, b = grid[(key, grid_label)]
             name = next(p.system.name for p in points if p.system.key == key)

@@ -73,6 +73,19 @@ OPT_IN_SYSTEMS = (
 )
 
 
+#: Key of :data:`E2E_LPIPS`.
+E2E_LPIPS_KEY = "e2e-lpips"
+#: The loss control (``pdc evaluate --e2e-lpips``): the diffusion decoder trains on MSE + LPIPS-VGG, D_e on
+#: MSE alone, so "diffusion beats e2e on LPIPS" may only say that a decoder trained on LPIPS beats one that is
+#: not. This D_e comes from another package set with the same codec, trained with the diffusion's loss.
+E2E_LPIPS = System(
+    E2E_LPIPS_KEY, "E2E trained with the diffusion's loss",
+    "A privileged decoder D_e trained on the same frozen latent with the diffusion stage's loss (mse_weight·MSE + "
+    "lpips_weight·LPIPS, `pdc train privileged --loss diffusion`) instead of MSE, from the package set given to "
+    "--e2e-lpips (same codec: the e2e file and bpp): what the diffusion's training loss alone buys a one-pass decoder",
+    "learned", Mode.E2E)
+
+
 #: The CorrDiff systems a matched-noise control is matched to (key → suffix of the control's key).
 CONTROL_TARGETS = {"corrdiff": "", "corrdiff-pick": "-pick"}
 
