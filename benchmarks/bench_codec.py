@@ -120,8 +120,10 @@ def random_crops(image: torch.Tensor, crop: int, batch: int, seed: int = 0) -> I
 
 
 def bench_training(model, image: torch.Tensor, n_steps: int, batch: int, crop: int, device: torch.device,
-                   configs: dict[str, StageTrainConfig] | None = None) -> dict:
-    """Steps/s of each network stage; the first step (warm-up) is excluded via the per-step log hook.
+                   configs: dict[str, StageTrainConfig] | None = None,
+                   stages: tuple[str, ...] = ("codec", "diffusion", "privileged")) -> dict:
+    """Steps/s of each network stage in ``stages``; the first step (warm-up) is excluded via the per-step
+    log hook.
 
     ``configs`` (stage → its training config, e.g. a profile's, with ``precision``) replaces the common
     ``batch``/``crop`` config; only their ``steps`` is set here (``n_steps`` + 1). On CUDA the peak
@@ -134,15 +136,15 @@ def bench_training(model, image: torch.Tensor, n_steps: int, batch: int, crop: i
                               checkpoint_every=10**9)
     cfgs = {name: (configs or {}).get(name, common).model_copy(update={"steps": n_steps + 1,
                                                                         "checkpoint_every": 10**9})
-            for name in ("codec", "diffusion", "privileged")}
-    stages = {
+            for name in stages}
+    runs = {
         "codec": lambda b, log: train_codec(model, 0.0067, b, cfgs["codec"], None, log),
         "diffusion": lambda b, log: train_diffusion(model, b, cfgs["diffusion"], None, log),
         "privileged": lambda b, log: train_privileged_decoder(model, b, cfgs["privileged"], None, log),
     }
     out = {}
-    for name, run in stages.items():
-        cfg = cfgs[name]
+    for name in stages:
+        run, cfg = runs[name], cfgs[name]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         stamps: dict[int, float] = {}
