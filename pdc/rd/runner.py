@@ -424,7 +424,9 @@ def evaluate_model_set(
     metric = _Metrics(with_lpips)
 
     # A γ equal to the model's own is the plain "corrdiff" system already: do not code it twice.
-    own = (read_metadata(members[0]).get("config") or {}).get("correction", {}).get("gamma", 1.0)
+    first = read_metadata(members[0])  # what every rate point shares: correction settings, trained parts
+    correction = (first.get("config") or {}).get("correction", {})
+    own = correction.get("gamma", 1.0)
     skipped = tuple(g for g in gammas if abs(g - float(own)) < 1e-9)
     gammas = tuple(g for g in gammas if g not in skipped)
     learned = learned_systems(gammas)
@@ -433,7 +435,7 @@ def evaluate_model_set(
     from pdc.codec import decodable_modes
     from pdc.models.package import PARTS
 
-    trained = tuple(read_metadata(members[0]).get("parts", PARTS))
+    trained = tuple(first.get("parts", PARTS))
     usable = set(decodable_modes(trained))
     if systems is not None and E2E_LPIPS_KEY in systems:  # runs with --e2e-lpips, whether named or not
         if e2e_lpips is None:
@@ -459,9 +461,9 @@ def evaluate_model_set(
         learned = [s for s in learned if s.key in systems]
     # A matched-noise control needs its CorrDiff system (the PSNR targets) and e2e (the base images).
     keys = {s.key for s in learned}
-    band_sigma = float((read_metadata(members[0]).get("config") or {}).get("correction", {}).get("lowpass_sigma", 0.0))
-    controls = control_systems(keys if "e2e" in keys else set(), band_limited=band_sigma > 0)
-    kept_keys = {"e2e"} | {c.matched_to for c in controls} if controls else set()
+    controls = control_systems(keys if "e2e" in keys else set(),
+                               band_limited=float(correction.get("lowpass_sigma", 0.0)) > 0)
+    kept_keys = ({"e2e"} | {c.matched_to for c in controls}) if controls else set()
     # The loss control decodes e2e's files: it needs e2e, and packages whose codec is the evaluated one.
     alt_members: list[tuple[Path, dict[str, Any]]] = []
     if e2e_lpips is not None:
