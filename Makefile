@@ -1,5 +1,7 @@
 # pdc developer entry points. Every target installs what is missing first (a no-op when up to date).
 #   make run    - the main job: the tiny CPU pipeline on the embedded default corpus, then `make promote`
+#   make small  - the CPU model docs/results.md reports: the `small` profile on the embedded corpus + BSDS500
+#                 train (resumable: run it again after an interruption)
 #   make promote - production: register the workspace's model set in MLflow, move `champion` if it wins
 #   make test   - the fast test suite (what CI runs)
 PYTHON ?= python3.11
@@ -7,7 +9,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pdc-installed
 
-.PHONY: install run promote test test-slow bench gpu-bundle clean
+.PHONY: install run small promote test test-slow bench gpu-bundle clean
 
 install: $(STAMP)
 
@@ -25,6 +27,17 @@ run: $(STAMP)
 	$(BIN)/pdc weights --no-fid
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 	$(BIN)/pdc pipeline promote
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
+
+# The `small` profile (params.yaml) on the embedded corpus plus BSDS500 train; never its val or test split.
+# Killed half-way, the same command resumes: finished stages are up to date, a running one from its checkpoint.
+SMALL_DATA ?= ../shared/data/bsds500/train
+small: $(STAMP)
+	@test -d "$(SMALL_DATA)" || { echo "make small: no training photos at SMALL_DATA=$(SMALL_DATA) (BSDS500 train, or any folder of photos: make small SMALL_DATA=DIR)"; exit 2; }
+	$(BIN)/pdc data init
+	$(BIN)/pdc data import "$(SMALL_DATA)" --name bsds500-train
+	$(BIN)/pdc weights --no-fid
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp run -S profile=small
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 
 # `dvc repro` / `dvc exp run` log to MLflow but leave the registry alone (pipeline.promote: false); this
