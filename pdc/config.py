@@ -138,6 +138,9 @@ class StageTrainConfig(_Strict):
     #: Autocast dtype of the forward passes: "bf16" (mixed precision; weights, optimiser and loss
     #: reductions stay fp32) or "fp32" (off).
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: Metrics stay on the device and are averaged over workers and copied to the host once every this many
+    #: steps (and at checkpoints): a host sync per micro-batch would stall a GPU. Every step is still logged.
+    metrics_every: int = Field(10, ge=1)
 
     def micro_batch(self, num_workers: int) -> int:
         """Samples per worker per micro-batch: ``batch_size / (num_workers · grad_accum)``."""
@@ -197,8 +200,10 @@ class DiffusionTrainConfig(StageTrainConfig):
 class PrivilegedTrainConfig(StageTrainConfig):
     """The privileged decoder's recipe. ``loss``: "mse" is D_e as the method uses it (the fidelity anchor
     CorrDiff corrects towards); "diffusion" trains it with the diffusion stage's image loss instead,
-    ``mse_weight``·MSE + ``lpips_weight``·LPIPS(``lpips_net``) on an ``lpips_crop``² window, weights taken
-    from the same profile's ``train.diffusion``: the e2e-lpips control (``pdc evaluate --e2e-lpips``), which
+    MSE + ``lpips_weight``·LPIPS(``lpips_net``) on an ``lpips_crop``² window, weights taken from the same
+    profile's ``train.diffusion``, the MSE weighted as that loss weighs x̂0's pixel error on average over its
+    noise levels (``mse_weight``·s²·E[min(SNR, snr_clip)], :func:`pdc.train.diffusion_pixel_mse_weight`):
+    the e2e-lpips control (``pdc evaluate --e2e-lpips``), which
     separates what the diffusion decoder adds from what its LPIPS training term alone buys.
     """
 
@@ -233,8 +238,9 @@ class ScalingConfig(_Strict):
     gpus_per_worker: float = Field(1.0, gt=0)
     #: DataLoader processes per worker; each reads its own part of the shards.
     loader_workers: int = Field(0, ge=0, le=64)
-    #: Ray Train's run folder (state, logs); null = ``checkpoints/ray`` under the working directory. On a
-    #: multi-node cluster it, the data and the checkpoint/model folders must be on storage every node sees.
+    #: Ray Train's run folder (state, logs, every reported checkpoint): a folder or a URL (``s3://…``); null =
+    #: ``checkpoints/ray`` under the working directory. A restart or rerun resumes from it on any node; on a
+    #: multi-node cluster the data and the model folders must also be on storage every node sees.
     storage_path: str | None = None
     #: Worker-group restarts after a worker or node failure; each restart resumes from the checkpoint.
     max_failures: int = Field(2, ge=0)

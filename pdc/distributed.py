@@ -17,18 +17,31 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 
+class CheckpointStore(Protocol):
+    """Where a run's checkpoints persist besides the stage's workdir (Ray Train's ``storage_path``, in
+    :mod:`pdc.scale`): the training loop offers it every checkpoint and asks it for the latest on start."""
+
+    def latest(self) -> Path | None:
+        """A local copy of the newest checkpoint file the store holds for this run, or None."""
+
+    def persist(self, path: Path | None, metrics: dict[str, float]) -> None:
+        """Called by every worker at every checkpoint step (a barrier); ``path`` is the file, on rank 0 only."""
+
+
 class Dist(NamedTuple):
-    """Where this process sits in the data-parallel group."""
+    """Where this process sits in the data-parallel group, and where its checkpoints persist."""
 
     rank: int = 0
     world: int = 1
+    store: CheckpointStore | None = None
 
     @property
     def is_main(self) -> bool:
@@ -100,14 +113,14 @@ def average_grads(params: Iterable[nn.Parameter], d: Dist) -> None:
             p.grad.div_(d.world)
 
 
-def mean_metrics(values: dict[str, float], d: Dist, device: torch.device) -> dict[str, float]:
-    """The workers' mean of each scalar (same keys on every worker) — what the logs and history show."""
-    if not d.active or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {k: float(v) / d.world for k, v in zip(keys, t.tolist())}
+def mean_over_workers(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The workers' mean of ``t`` (same shape on every worker), in float64: one collective for a whole
+    table of metrics (steps × names)."""
+    t = t.to(torch.float64)
+    if d.active:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t / d.world
+    return t
 
 
 def gather_objects(items: list, d: Dist) -> list:

@@ -31,8 +31,8 @@ from torch import nn
 
 from pdc.config import DiffusionTrainConfig, PrivilegedTrainConfig, StageTrainConfig
 from pdc.devices import training_backends
-from pdc.distributed import (SINGLE, Dist, average_grads, check_same_step, gather_objects, mean_metrics, no_sync,
-                             step_generator, wrap)
+from pdc.distributed import (SINGLE, Dist, average_grads, check_same_step, gather_objects, mean_over_workers,
+                             no_sync, step_generator, wrap)
 from pdc.fsutil import atomic_torch_save
 from pdc.metrics import psnr
 from pdc.models.codec import quantized_latent
@@ -56,7 +56,7 @@ class StageResult(NamedTuple):
 
 #: Settings that say how long, how often, how the batch is split or in which precision the forward runs,
 #: not what is trained: a run that only changes these continues from its checkpoint.
-_NOT_IDENTITY = {"steps", "checkpoint_every", "grad_accum", "precision"}
+_NOT_IDENTITY = {"steps", "checkpoint_every", "grad_accum", "precision", "metrics_every"}
 
 
 def _fingerprint(*parts: object) -> str:
@@ -101,8 +101,9 @@ class StepContext(NamedTuple):
         return slice(self.start, self.start + n)
 
 
-#: A stage's loss on one micro-batch: ``(loss, scalar metrics)``; the loop owns backward and the step.
-LossFn = Callable[[torch.Tensor, StepContext], tuple[torch.Tensor, dict[str, float]]]
+#: A stage's loss on one micro-batch: ``(loss, scalar metrics)``, the metrics as 0-d tensors on the device (no
+#: host sync; the loop copies them out every ``metrics_every`` steps); the loop owns backward and the step.
+LossFn = Callable[[torch.Tensor, StepContext], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def _under_training_backends(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
@@ -115,6 +116,18 @@ def _under_training_backends(run: Callable[..., StageResult]) -> Callable[..., S
             return run(stage, modules, *args, **kwargs)
 
     return wrapped
+
+
+def _latest_state(ckpt: Path | None, d: Dist, fingerprint: str) -> dict | None:
+    """The checkpoint to resume from: of the workdir's file and the store's latest (``d.store``: Ray Train's
+    storage, which a restart on another node still reaches), the furthest one of this run's identity; else
+    whichever exists (the caller then says it belongs to another run), else None."""
+    files = [p for p in (ckpt, d.store.latest() if d.store is not None else None) if p is not None and p.is_file()]
+    states = [torch.load(p, map_location="cpu", weights_only=True) for p in files]
+    ours = [st for st in states if st.get("fingerprint") == fingerprint]
+    if ours:
+        return max(ours, key=lambda st: int(st["step"]))
+    return states[0] if states else None
 
 
 @_under_training_backends
@@ -132,7 +145,7 @@ def _run(
     *,
     ddp: nn.Module | None = None,  # the DDP wrapper (or the plain module on one worker)
     clip: list[nn.Parameter] | None = None,
-    after_step: Callable[[], dict[str, float]] | None = None,
+    after_step: Callable[[], dict[str, torch.Tensor]] | None = None,
     d: Dist = SINGLE,
 ) -> StageResult:
     """The shared loop: resume, schedule the learning rate, accumulate, step, average, log, checkpoint.
@@ -142,13 +155,15 @@ def _run(
     local (DDP ``no_sync``) until the last; then gradient clipping (``clip``, norm 1), the main
     optimiser's step at ``cfg.lr_at(step)`` and ``after_step`` (the codec's aux loss). ``modules`` are
     the plain modules (state, EMA, checkpoint); ``ddp`` is the wrapper their forward goes through on
-    several workers. Metrics are averaged over micro-batches and workers; only rank 0 logs and writes
-    checkpoints (every worker reads them on resume, so they must be on shared storage).
+    several workers. Metrics are averaged over micro-batches on the device and, every ``cfg.metrics_every``
+    steps and before a checkpoint, over workers in one collective and copied to the host: one sync per
+    window, not per micro-batch; every step is still logged. Only rank 0 logs and writes checkpoints
+    (every worker reads them on resume, so they must be on shared storage).
     """
     ckpt = workdir / f"{stage}.ckpt.pt" if workdir is not None else None
     start, history = 0, []
     emas = {name: ema_of(m, ema_decay) for name, m in modules.items()} if ema_decay > 0 else {}
-    state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt is not None and ckpt.is_file() else None
+    state = _latest_state(ckpt, d, fingerprint)
     if state is not None and state.get("fingerprint") == fingerprint:
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
@@ -175,14 +190,36 @@ def _run(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     accum, local_batch = cfg.grad_accum, cfg.batch_size // d.world
     step, last = start, {}
-    t_first = None  # end of the first step: throughput leaves out its warm-up
+    pending: list[tuple[int, float, dict[str, torch.Tensor]]] = []  # steps whose metrics are still on the device
+    t_window, t_first, first_step = time.perf_counter(), None, start  # steps_per_s leaves out the first step
+
+    def flush() -> None:
+        """Average the pending steps' metrics over workers (one collective, one copy), then log them."""
+        nonlocal last, t_window
+        keys = sorted(pending[0][2])
+        table = mean_over_workers(torch.stack([torch.stack([m[k].float() for k in keys]) for *_, m in pending]),
+                                  d).tolist()
+        now = time.perf_counter()
+        rate = {"images_per_s": cfg.batch_size * len(pending) / max(now - t_window, 1e-9)}
+        if t_first is not None and pending[-1][0] > first_step:
+            rate["steps_per_s"] = (pending[-1][0] - first_step) / max(now - t_first, 1e-9)  # mean since the first step
+        for (k_step, lr, _), row in zip(pending, table):
+            last = {**dict(zip(keys, row)), "lr": lr, **rate}
+            history.append(last["loss"])
+            if log is not None and d.is_main:
+                for k, v in last.items():
+                    log(f"{stage}/{k}", v, k_step)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+        pending.clear()
+        t_window = now
+
     for step in range(start + 1, cfg.steps + 1):
         lr = cfg.lr_at(step)
         for group in optimizers["main"].param_groups:
             group["lr"] = lr
-        t_step = time.perf_counter()
         optimizers["main"].zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for m in range(accum):
             x = next(batches).to(device, non_blocking=True)
             ctx = StepContext(step, d.rank * local_batch + m * x.shape[0], cfg.batch_size)
@@ -191,30 +228,23 @@ def _run(
                     loss, metrics = loss_fn(x, ctx)
                 (loss.float() / accum).backward()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / accum
+                sums[k] = sums[k] + v.detach() / accum if k in sums else v.detach() / accum
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(clip, 1.0)
         optimizers["main"].step()
         if after_step is not None:
-            sums.update(after_step())
+            sums.update({k: v.detach() for k, v in after_step().items()})
         for name, ema in emas.items():
             ema.step(modules[name].parameters())
-        last = mean_metrics(sums, d, device)
-        last["lr"] = lr
-        now = time.perf_counter()
-        last["images_per_s"] = cfg.batch_size / max(now - t_step, 1e-9)
+        pending.append((step, lr, sums))
         if t_first is None:
-            t_first, first_step = now, step
-        elif step > first_step:
-            last["steps_per_s"] = (step - first_step) / max(now - t_first, 1e-9)  # mean since the first step
-        history.append(last["loss"])
-        if log is not None and d.is_main:
-            for k, v in last.items():
-                log(f"{stage}/{k}", v, step)
+            t_first, first_step = time.perf_counter(), step
+        checkpoint_now = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if checkpoint_now or step % cfg.metrics_every == 0:
+            flush()  # on every worker alike: the mean is a collective
         if bar is not None:
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
             bar.update(1)
-        if ckpt is not None and d.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        if checkpoint_now and ckpt is not None and d.is_main:
             atomic_torch_save(
                 {
                     "step": step,
@@ -226,6 +256,8 @@ def _run(
                 },
                 ckpt,
             )
+        if checkpoint_now and d.store is not None:  # every worker: Ray Train's report is a barrier
+            d.store.persist(ckpt if d.is_main else None, {"step": step, "loss": last["loss"]})
     if bar is not None:
         bar.close()
     for name, ema in emas.items():
@@ -261,21 +293,21 @@ def train_codec(
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     forward = wrap(codec, d, ignore=aux_names)
 
-    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = forward(x)
         n_px = x.shape[0] * x.shape[2] * x.shape[3]
         rate = sum(-torch.log2(lk.float()).sum() for lk in out["likelihoods"].values()) / n_px
         mse = F.mse_loss(out["x_hat"].float(), x)
         loss = rate + lmbda * 255**2 * mse
-        return loss, {"loss": loss.item(), "bpp": rate.item(), "psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+        return loss, {"loss": loss, "bpp": rate, "psnr": _psnr_of_mse(mse)}
 
-    def aux_step() -> dict[str, float]:
+    def aux_step() -> dict[str, torch.Tensor]:
         aux = codec.aux_loss()
         aux_opt.zero_grad(set_to_none=True)
         aux.backward()
         average_grads(aux_params, d)
         aux_opt.step()
-        return {"aux_loss": aux.item()}
+        return {"aux_loss": aux}
 
     fp = _fingerprint(model.config.codec, cfg, lmbda, identity)
     result = _run("codec", {"codec": codec}, {"main": opt, "aux": aux_opt}, loss_fn, batches, cfg, workdir, log, fp,
@@ -322,6 +354,11 @@ def fit_entropy_bottleneck(codec: nn.Module, max_steps: int = 10_000, lr: float 
     return float(aux.item())
 
 
+def _psnr_of_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of an MSE of [0, 1] images, as a detached device scalar (the training logs' PSNR)."""
+    return -10 * torch.log10(mse.detach().float().clamp_min(1e-10))
+
+
 def _frozen_latents(model: CorrDiffModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # fp32 even inside a bf16 step: ŷ must round exactly as the entropy coder will at test time.
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
@@ -347,9 +384,12 @@ def _perceptual_loss(cfg: DiffusionTrainConfig) -> PerceptualLoss | None:
     def term(x_hat: torch.Tensor, x_ref: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if cfg.lpips_crop and cfg.lpips_crop < min(x_ref.shape[-2:]):
             c = cfg.lpips_crop
-            i, j = (int(v) for v in torch.randint(0, min(x_ref.shape[-2:]) - c + 1, (2,), generator=g,
-                                                  device=x_ref.device))
-            x_hat, x_ref = x_hat[..., i : i + c, j : j + c], x_ref[..., i : i + c, j : j + c]
+            # the window's corner stays on the device: index tensors instead of Python slices (no host sync)
+            i, j = torch.randint(0, min(x_ref.shape[-2:]) - c + 1, (2,), generator=g, device=x_ref.device)
+            span = torch.arange(c, device=x_ref.device)
+            rows, cols = i + span, j + span
+            x_hat = x_hat.index_select(-2, rows).index_select(-1, cols)
+            x_ref = x_ref.index_select(-2, rows).index_select(-1, cols)
         return net.to(x_ref.device)(x_hat * 2 - 1, x_ref * 2 - 1, normalize=False).float().mean()
 
     return term
@@ -385,7 +425,7 @@ def train_diffusion(
     perceptual = _perceptual_loss(cfg)
     forward = wrap(net, d)
 
-    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y_hat, x_base = _frozen_latents(model, x)
         r0 = (x - x_base) * s
         # t, noise and the LPIPS window are drawn for the whole global batch from the step's stream, and
@@ -402,13 +442,13 @@ def train_diffusion(
             mse = (weight * (r0_hat - r0) ** 2).mean()
         else:
             mse = F.mse_loss(out, training_target(kind, r0, noise, a))
-        metrics = {"mse": mse.item()}
+        metrics = {"mse": mse}
         loss = cfg.mse_weight * mse
         if perceptual is not None:
             p = perceptual((x_base + r0_hat / s).clamp(0, 1), x, g)
             loss = loss + cfg.lpips_weight * p
-            metrics["lpips"] = p.item()
-        return loss, {"loss": loss.item(), **metrics}
+            metrics["lpips"] = p
+        return loss, {"loss": loss, **metrics}
 
     fp = _fingerprint(model.config.diffusion, cfg, _part_hash(model.codec), identity)
     result = _run("diffusion", {"diffusion": net}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
@@ -416,6 +456,22 @@ def train_diffusion(
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result
+
+
+def diffusion_pixel_mse_weight(model: CorrDiffModel, cfg: DiffusionTrainConfig) -> float:
+    """The weight the diffusion stage's loss puts on the pixel MSE of its x̂0, averaged over its training noise
+    levels (t uniform): ``mse_weight · s² · E_t[w_t]``, s the residual scale, w_t = min(SNR_t, snr_clip) with
+    Min-SNR, else what the MSE on the network's own target costs per unit x̂0 error (1 for x0, SNR_t for ε,
+    SNR_t + 1 for v). The e2e-lpips control trains D_e with this weight beside the same LPIPS term, so both
+    decoders strike the same balance of distortion and perception (0.1 · 8² · 2.0 ≈ 12.8 for the CPU
+    profiles, not the nominal 0.1, which would leave that control LPIPS-only)."""
+    dcfg = model.config.diffusion
+    snr = compute_snr(model.scheduler, torch.arange(dcfg.train_timesteps)).double()
+    if cfg.snr_clip > 0:
+        w = snr.clamp(max=cfg.snr_clip)
+    else:
+        w = {"sample": torch.ones_like(snr), "epsilon": snr, "v_prediction": snr + 1}[dcfg.prediction_type]
+    return cfg.mse_weight * dcfg.residual_scale**2 * float(w.mean())
 
 
 def train_privileged_decoder(
@@ -432,9 +488,10 @@ def train_privileged_decoder(
     """Stage 3: D_e on frozen ŷ, starting from the trained g_s (a fresh run copies it in).
 
     Loss ``cfg.loss``: "mse", or "diffusion": ``loss_weights``' image loss (the diffusion stage's
-    config, :data:`~pdc.config.DiffusionTrainConfig.IMAGE_LOSS_FIELDS`)::
+    config, :data:`~pdc.config.DiffusionTrainConfig.IMAGE_LOSS_FIELDS`), its MSE weight as the diffusion's
+    loss puts it on pixels (:func:`diffusion_pixel_mse_weight`)::
 
-        loss = mse_weight · MSE(D_e(ŷ), x) + lpips_weight · LPIPS(D_e(ŷ), x)   on a random lpips_crop² window
+        loss = w_px · MSE(D_e(ŷ), x) + lpips_weight · LPIPS(D_e(ŷ), x)   on a random lpips_crop² window
     """
     cfg = cfg if isinstance(cfg, PrivilegedTrainConfig) else PrivilegedTrainConfig(**cfg.model_dump())
     if cfg.loss == "diffusion" and loss_weights is None:
@@ -445,28 +502,31 @@ def train_privileged_decoder(
     de.g_s.load_state_dict(model.codec.g_s.state_dict())  # a resumed run then loads its own state
     opt = torch.optim.Adam(de.parameters(), lr=cfg.lr)
     perceptual = _perceptual_loss(weights) if weights is not None else None
+    w_px = diffusion_pixel_mse_weight(model, weights) if weights is not None else 1.0
     forward = wrap(de, d)
 
-    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(x: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y_hat, _ = _frozen_latents(model, x)
         x_hat = forward(y_hat).float()
         mse = F.mse_loss(x_hat, x)
-        metrics = {"psnr": 10 * math.log10(1 / max(mse.item(), 1e-10))}
+        metrics = {"psnr": _psnr_of_mse(mse)}
         if weights is None:
-            return mse, {"loss": mse.item(), **metrics}
-        loss = weights.mse_weight * mse
-        metrics["mse"] = mse.item()
+            return mse, {"loss": mse, **metrics}
+        loss = w_px * mse
+        metrics["mse"] = mse
         if perceptual is not None:
             p = perceptual(x_hat, x, step_generator(cfg.seed, ctx.step, x.device))
             loss = loss + weights.lpips_weight * p
-            metrics["lpips"] = p.item()
-        return loss, {"loss": loss.item(), **metrics}
+            metrics["lpips"] = p
+        return loss, {"loss": loss, **metrics}
 
     # cfg carries ``loss``; with "diffusion" its weights are part of the run's identity too.
     fp = _fingerprint(model.config.privileged, cfg, _part_hash(model.codec), identity,
-                      *([weights.image_loss()] if weights is not None else []))
+                      *([weights.image_loss(), model.config.diffusion, w_px] if weights is not None else []))
     result = _run("privileged", {"privileged": de}, {"main": opt}, loss_fn, batches, cfg, workdir, log, fp,
                   ddp=forward, d=d)
+    if weights is not None:
+        result.metrics["pixel_mse_weight"] = w_px
     model.codec.requires_grad_(True)
     model.invalidate_hash()
     return result

@@ -137,9 +137,9 @@ def test_privileged_decoder_with_the_diffusions_loss_logs_lpips_and_is_another_r
     from the same seed it ends elsewhere than the MSE run and logs its LPIPS; a checkpoint of the MSE run (or of
     other weights) is not continued, the same run is."""
     from pdc.config import DiffusionTrainConfig, PrivilegedTrainConfig
-    from pdc.train import train_privileged_decoder
+    from pdc.train import diffusion_pixel_mse_weight, train_privileged_decoder
 
-    weights = DiffusionTrainConfig(mse_weight=0.1, lpips_weight=0.9, lpips_crop=48)
+    weights = DiffusionTrainConfig(mse_weight=0.1, snr_clip=5.0, lpips_weight=0.9, lpips_crop=48)
 
     def run(loss: str, w: DiffusionTrainConfig = weights):
         model = init_model(micro_config(), seed=0)
@@ -155,7 +155,9 @@ def test_privileged_decoder_with_the_diffusions_loss_logs_lpips_and_is_another_r
     dif, dif_state, dif_logged = run("diffusion")
     assert dif.resumed_from == 0  # the MSE run's checkpoint has another fingerprint
     assert "privileged/lpips" in dif_logged and math.isfinite(dif.metrics["lpips"])
-    assert dif.metrics["loss"] == pytest.approx(0.1 * dif.metrics["mse"] + 0.9 * dif.metrics["lpips"], rel=1e-5)
+    w_px = dif.metrics["pixel_mse_weight"]  # the diffusion's MSE as its loss weighs x̂0's pixels: 0.1·s²·E[min(SNR, clip)]
+    assert w_px == pytest.approx(diffusion_pixel_mse_weight(init_model(micro_config(), seed=0), weights))
+    assert dif.metrics["loss"] == pytest.approx(w_px * dif.metrics["mse"] + 0.9 * dif.metrics["lpips"], rel=1e-5)
     assert any(not torch.equal(mse_state[k], dif_state[k]) for k in mse_state)
     assert run("diffusion")[0].resumed_from == 3  # the same run continues
     assert run("diffusion", weights.model_copy(update={"lpips_weight": 0.5}))[0].resumed_from == 0
@@ -186,7 +188,7 @@ def _tiny_run(workdir, steps: int, stream: _Stream):
 
     def loss_fn(x, ctx):
         loss = net(x).pow(2).mean()
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     return _run("tiny", {"net": net}, {"main": torch.optim.SGD(net.parameters(), lr=0.1)}, loss_fn, stream, cfg,
                 workdir, None, "same-run")
@@ -224,3 +226,69 @@ def test_training_runs_under_cudnn_benchmark_on_cuda_only(tmp_path, monkeypatch)
             assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def _count_host_copies(monkeypatch) -> list[str]:
+    """Record every tensor → Python number/list copy (the calls that make a GPU wait for its queue), except
+    torch.optim's: its step counter is a CPU tensor even on CUDA (``capturable=False``), read without a wait."""
+    import sys
+
+    seen: list[str] = []
+
+    def wrap(name: str, real):
+        def copy(self, *a, **k):
+            if "torch/optim/" not in sys._getframe(1).f_code.co_filename.replace("\\", "/"):
+                seen.append(name)
+            return real(self, *a, **k)
+        return copy
+
+    for name in ("item", "tolist", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, wrap(name, getattr(torch.Tensor, name)))
+    return seen
+
+
+def test_training_copies_metrics_to_the_host_once_per_window_and_still_logs_every_step(monkeypatch):
+    """Metrics stay on the device between windows of ``metrics_every`` steps: the diffusion recipe (LPIPS window,
+    Min-SNR weights, EMA) copies to the host once per window, not per micro-batch; and every step is logged with
+    the same values as with a window of one step."""
+    from pdc.config import DiffusionTrainConfig
+
+    def run(steps: int, every: int, copies: list[str] | None = None):
+        cfg = DiffusionTrainConfig(steps=steps, batch_size=4, crop=64, lr=3e-3, mse_weight=0.1, snr_clip=5.0,
+                                   lpips_weight=0.9, lpips_crop=48, ema_decay=0.9, grad_accum=2,
+                                   metrics_every=every, checkpoint_every=100)
+        model = init_model(micro_config(), seed=0)
+        logged: list[tuple[str, int, float]] = []
+        start = len(copies) if copies is not None else 0
+        train_diffusion(model, _batches(), cfg, log=lambda name, value, step: logged.append((name, step, value)))
+        return logged, (len(copies) - start if copies is not None else None)
+
+    per_step, _ = run(6, 1)
+    copies = _count_host_copies(monkeypatch)
+    windowed, n6 = run(6, 3, copies)
+    _, n12 = run(12, 3, copies)
+    assert n12 - n6 == 2  # six more steps = two more windows = two more copies, whatever the loop does besides
+    strip = lambda rows: [(n, s, v) for n, s, v in rows if not n.endswith(("_per_s",))]  # noqa: E731
+    assert [(n, s) for n, s, _ in strip(windowed)] == [(n, s) for n, s, _ in strip(per_step)]
+    assert [v for *_, v in strip(windowed)] == pytest.approx([v for *_, v in strip(per_step)], rel=1e-6)
+    assert {s for n, s, _ in windowed if n == "diffusion/loss"} == set(range(1, 7))
+
+
+def test_the_diffusions_pixel_mse_weight_follows_its_parameterisation():
+    """E_t of what the diffusion's MSE costs per unit x̂0 pixel error, times mse_weight · s²: Min-SNR clips SNR;
+    without it, x0-prediction weighs 1, ε SNR_t, v SNR_t + 1 (the chain rule through x_t = √ᾱ x0 + √(1−ᾱ) ε)."""
+    from diffusers.training_utils import compute_snr
+
+    from pdc.config import DiffusionTrainConfig
+    from pdc.train import diffusion_pixel_mse_weight
+
+    for kind in ("sample", "epsilon", "v_prediction"):
+        cfg = micro_config()
+        model = init_model(cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"prediction_type": kind})}),
+                           seed=0)
+        s = model.config.diffusion.residual_scale
+        snr = compute_snr(model.scheduler, torch.arange(model.config.diffusion.train_timesteps)).double()
+        plain = {"sample": 1.0, "epsilon": float(snr.mean()), "v_prediction": float(snr.mean()) + 1}[kind]
+        assert diffusion_pixel_mse_weight(model, DiffusionTrainConfig(mse_weight=0.5)) == pytest.approx(0.5 * s * s * plain)
+        clipped = diffusion_pixel_mse_weight(model, DiffusionTrainConfig(mse_weight=0.5, snr_clip=5.0))
+        assert clipped == pytest.approx(0.5 * s * s * float(snr.clamp(max=5).mean())) and clipped < 0.5 * s * s * 5
