@@ -4,7 +4,8 @@ Each configuration trains the same stage of the `tiny` profile for the same numb
 same global batch (``batch_size`` is per optimisation step, split over the workers), through the path
 the pipeline uses (:func:`pdc.scale.run_stage_scaled`). Throughput is the stage's own ``steps_per_s``
 (from the end of its first step to its last, so Ray start-up and warm-up are left out). Rounds
-interleave the configurations so drift on a shared machine hits all alike; the table shows medians.
+interleave the configurations so drift on a shared machine hits all alike; the table shows medians
+and the range over rounds (5 by default: two rounds cannot tell a difference from drift).
 
     1 worker  × 1 CPU   the baseline
     1 worker  × 2 CPUs  the same cores as threads inside one process (what 2 cores give without DDP)
@@ -13,7 +14,7 @@ interleave the configurations so drift on a shared machine hits all alike; the t
 scaling efficiency = steps/s(2 workers × 1 CPU) ÷ (2 × steps/s(1 worker × 1 CPU)).
 
     .venv/bin/python benchmarks/bench_scaling.py                       # codec stage, 30 steps, batch 8
-    .venv/bin/python benchmarks/bench_scaling.py --stage diffusion --steps 20 --rounds 2 --json scaling.json
+    .venv/bin/python benchmarks/bench_scaling.py --stage diffusion --steps 20 --json scaling.json
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8, help="global batch per step (even)")
-    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("PDC_NO_PROGRESS", "1")
@@ -90,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     base = med["1 worker × 1 CPU"]
     print(f"\n{args.stage} stage of {args.profile!r}, global batch {args.batch}, {args.steps} steps, "
           f"median of {args.rounds} round(s)")
-    print(f"{'configuration':<20} {'steps/s':>8} {'images/s':>9} {'÷ 1×1':>7}")
+    print(f"{'configuration':<20} {'steps/s':>8} {'range':>13} {'images/s':>9} {'÷ 1×1':>7}")
     for name, v in med.items():
-        print(f"{name:<20} {v:>8.3f} {v * args.batch:>9.2f} {v / base:>7.2f}")
+        spread = f"{min(rates[name]):.3f}–{max(rates[name]):.3f}"
+        print(f"{name:<20} {v:>8.3f} {spread:>13} {v * args.batch:>9.2f} {v / base:>7.2f}")
     efficiency = med["2 workers × 1 CPU"] / (2 * base)
     vs_threads = med["2 workers × 1 CPU"] / med["1 worker × 2 CPUs"]
     print(f"scaling efficiency (2 workers) = {efficiency:.0%}; 2 workers ÷ 1 worker with 2 threads = {vs_threads:.2f}")

@@ -1,8 +1,9 @@
-"""Stage work for the Prefect flow: every stage runs on Ray Train (:mod:`pdc.scale`), with the
-profile's ``scaling`` (workers, GPUs from the cluster, failures), live-logging to MLflow.
+"""Stage work for the Prefect flow: on Ray Train (:mod:`pdc.scale`), with the profile's ``scaling``
+(workers, GPUs from the cluster, failures), live-logging to MLflow.
 
-The CLI and ``dvc repro`` use the same :func:`pdc.scale.run_stage_scaled` when ``num_workers > 1``; with
-one worker they train in their own process. Either way the stage code is :func:`pdc.stages.run_stage`.
+Where a stage trains follows one rule, :func:`pdc.scale.runs_on_ray`, for the CLI, ``dvc repro`` and this
+flow; the flow runs its rate-point chains concurrently in one process, which that rule sends to Ray Train
+whatever the worker count. Either way the stage code is :func:`pdc.stages.run_stage`.
 """
 
 from __future__ import annotations

@@ -11,13 +11,17 @@ stage code itself (:func:`pdc.stages.run_stage`) knows only :mod:`pdc.distribute
                            RunConfig(storage_path, failure_config=FailureConfig(max_failures)))
                  worker r of W: run_stage(..., d=Dist(r, W), device=ray.train.torch.get_device())
                    reads its own part of the shards, DDP-averages gradients;
-                   rank 0 writes checkpoints, the package and the metrics (atomically)
+                   rank 0 writes checkpoints, the package and the metrics (atomically);
+                   every checkpoint also goes to Ray Train (ray.train.report → storage_path)
 
 A lost worker or node makes Ray Train restart the group (up to ``max_failures`` times); every worker
-then resumes from the stage's last checkpoint. Checkpoints, packages, metrics, data and the Ray storage
-path are plain paths: on a multi-node cluster they must be on storage every node mounts at the same
-path (the driver passes absolute paths). ``RAY_ADDRESS`` joins a running cluster and ships this
-checkout to it as the job's ``working_dir``.
+then resumes from the furthest checkpoint of this run it finds: the stage's workdir or what Ray Train
+hands back (``ray.train.get_checkpoint``), which also covers a rerun of the same stage, as Ray Train
+keeps a run's checkpoints under ``storage_path/<stage>-<rate>``. ``storage_path`` may be a local folder
+or a URL Ray Train's pyarrow filesystems read (``s3://…``, ``gs://…``). Packages, metrics and data are
+plain paths: on a multi-node cluster they must be on storage every node mounts at the same path (the
+driver passes absolute paths). ``RAY_ADDRESS`` joins a running cluster and ships this checkout to it as
+the job's ``working_dir``.
 """
 
 from __future__ import annotations
@@ -109,6 +113,19 @@ def worker_resources(scaling: ScalingConfig, gpu: bool) -> dict[str, float]:
     return {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if gpu else {})}
 
 
+def runs_on_ray(params: Params, *, concurrent: bool = False) -> bool:
+    """Where a stage trains: the one rule every caller applies (``pdc train``, hence ``dvc repro``, and the
+    Prefect flow).
+
+    On Ray Train when the stage needs more than one worker (``scaling.num_workers > 1``), when a Ray
+    cluster is named (``RAY_ADDRESS``: training there was asked for), or when the caller runs stages
+    ``concurrent``-ly in one process (the Prefect flow's rate-point chains: torch's global RNG and thread
+    pool would be shared, so each stage gets worker processes of its own); otherwise in the calling process,
+    which starts in a second instead of several and trains the same model.
+    """
+    return params.active.scaling.num_workers > 1 or bool(os.environ.get("RAY_ADDRESS")) or concurrent
+
+
 def with_num_workers(params: Params, num_workers: int | None) -> Params:
     """``params`` with the active profile's ``scaling.num_workers`` replaced (validated again)."""
     if num_workers is None or num_workers == params.active.scaling.num_workers:
@@ -119,6 +136,54 @@ def with_num_workers(params: Params, num_workers: int | None) -> Params:
         return Params.model_validate(doc)
     except ValidationError as exc:
         raise explain_validation(exc, f"scaling.num_workers={num_workers}") from None
+
+
+class RayCheckpoints:
+    """:class:`~pdc.distributed.CheckpointStore` on Ray Train: each checkpoint file is reported (rank 0
+    uploads it to ``storage_path``, the others report metrics only, in step), and the latest reported one
+    (of this fit, of a restarted one, or of an earlier run of the same name) is downloaded on start."""
+
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
+        self._local = Path(tempfile.mkdtemp(prefix="pdc-ray-checkpoint-"))
+        weakref.finalize(self, shutil.rmtree, self._local, True)  # the downloaded copy goes with the worker
+
+    def latest(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        files = sorted(Path(checkpoint.to_directory(str(self._local / "restored"))).glob("*.ckpt.pt"))
+        return files[0] if files else None
+
+    def persist(self, path: Path | None, metrics: dict[str, float]) -> None:
+        import shutil
+        import tempfile
+
+        import ray.train
+
+        if path is None or not path.is_file():
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(dir=self._local) as folder:
+            shutil.copy2(path, Path(folder) / path.name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))  # uploads, then returns
+
+
+def storage_location(storage_path: str | None) -> str:
+    """Ray Train's ``storage_path``: a URL as given, a local folder made absolute (workers may run elsewhere)
+    and created; unset = ``checkpoints/ray`` under the working directory."""
+    from pdc.data.shards import is_url
+
+    if storage_path and is_url(storage_path):
+        return storage_path
+    folder = Path(storage_path or "checkpoints/ray").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -135,7 +200,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if config["cwd"]:
         os.chdir(config["cwd"])
     ctx = ray.train.get_context()
-    d = Dist(ctx.get_world_rank(), ctx.get_world_size())
+    d = Dist(ctx.get_world_rank(), ctx.get_world_size(), RayCheckpoints())
     torch.set_num_threads(max(1, int(config["threads"])))
     params = Params.model_validate(config["params"])  # the driver's, validated: not re-read from disk
     device = worker_device(params, config["use_gpu"], str(ray.train.torch.get_device()))
@@ -218,8 +283,7 @@ def run_stage_scaled(
     out, init, workdir = absolute(out), absolute(init), absolute(workdir)
     _check_inputs(stage, params, rate, str(data), init)
     metrics = absolute(metrics) if metrics is not None else (workdir or out.parent) / f"{out.name}.metrics.json"
-    storage = Path(scaling.storage_path).resolve() if scaling.storage_path else Path("checkpoints/ray").resolve()
-    storage.mkdir(parents=True, exist_ok=True)
+    storage = storage_location(scaling.storage_path)
 
     ensure_ray()
     gpu = plan_gpus(params, ray.cluster_resources())  # a cuda profile without GPUs stops here, loudly
@@ -239,8 +303,9 @@ def run_stage_scaled(
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=gpu,
                                                resources_per_worker=worker_resources(scaling, gpu)),
-        run_config=ray.train.RunConfig(name=f"{stage}-{rate}", storage_path=str(storage),
-                                       failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures)),
+        run_config=ray.train.RunConfig(name=f"{stage}-{rate}", storage_path=storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
     )
     try:
         trainer.fit()

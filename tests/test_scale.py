@@ -208,3 +208,50 @@ def test_run_stage_scaled_refuses_before_building_the_trainer(project, monkeypat
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", lambda *a, **k: pytest.fail("a trainer was built"))
     with pytest.raises(ConfigError, match="profile 'micro' says device: cuda.*the Ray cluster has 0 GPU"):
         pdc.scale.run_stage_scaled("codec", params, None, "r0", data=root / "data" / "shards", out=root / "pkg")
+
+
+def test_a_rerun_without_the_workdir_resumes_from_ray_trains_storage(ray_local, project):
+    """Every checkpoint is reported to Ray Train (storage_path): a rerun of the stage on a node that lacks the
+    first run's workdir (deleted here) continues from the reported checkpoint instead of starting over."""
+    import shutil
+
+    from pdc.scale import run_stage_scaled
+
+    root, params = project
+    doc = yaml.safe_load(params.read_text())
+    doc["profiles"]["micro"]["train"]["codec"].update(steps=4, checkpoint_every=2)
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    paths = dict(data=root / "data" / "shards", out=root / "pkg", workdir=root / "ck", metrics=root / "m.json")
+    assert run_stage_scaled("codec", params, None, "r0", **paths)["resumed_from"] == 0
+    assert list((root / "checkpoints" / "ray" / "codec-r0").glob("checkpoint_*/codec.ckpt.pt"))
+    shutil.rmtree(root / "ck")
+    doc["profiles"]["micro"]["train"]["codec"]["steps"] = 6  # not part of the run's identity: it continues
+    params.write_text(yaml.safe_dump(doc, sort_keys=False))
+    m = run_stage_scaled("codec", params, None, "r0", **paths)
+    assert m["resumed_from"] == 4 and m["steps"] == 6
+
+
+def test_ray_trains_storage_may_be_a_url_or_a_folder(tmp_path, monkeypatch):
+    from pdc.scale import storage_location
+
+    assert storage_location("s3://bucket/pdc-runs") == "s3://bucket/pdc-runs"  # handed to pyarrow's filesystems
+    monkeypatch.chdir(tmp_path)
+    assert storage_location(None) == str(tmp_path / "checkpoints" / "ray") and (tmp_path / "checkpoints" / "ray").is_dir()
+    assert storage_location("runs/ray") == str(tmp_path / "runs" / "ray")
+
+
+def test_one_rule_says_where_a_stage_trains(monkeypatch):
+    """pdc.scale.runs_on_ray, for the CLI, DVC and the Prefect flow: Ray Train for several workers, a named
+    cluster, or stages run concurrently in one process; the calling process otherwise."""
+    from pdc.config import load_params
+    from pdc.scale import runs_on_ray, with_num_workers
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from pdc.pipeline import REPO_ROOT
+
+    one = with_num_workers(load_params(REPO_ROOT / "params.yaml"), 1)
+    assert not runs_on_ray(one)
+    assert runs_on_ray(with_num_workers(one, 2))
+    assert runs_on_ray(one, concurrent=True)  # the Prefect flow's chains
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    assert runs_on_ray(one)  # a named cluster is where training was asked to happen

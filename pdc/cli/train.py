@@ -28,8 +28,8 @@ Data = Annotated[str | None, typer.Option(help="Training data: a WebDataset shar
                                                "s3:// via fsspec, or 'pipe:CMD {name}'), or a folder of images "
                                                "(default: pipeline.shards).")]
 Workers = Annotated[int | None, typer.Option("--workers", min=1, help="Data-parallel workers (default: the profile's "
-                                             "scaling.num_workers). Above 1 the stage runs on Ray Train (DDP); "
-                                             "RAY_ADDRESS joins a cluster.")]
+                                             "scaling.num_workers). Above 1, or with RAY_ADDRESS naming a "
+                                             "cluster, the stage runs on Ray Train (DDP; pdc.scale.runs_on_ray).")]
 Init = Annotated[Path | None, typer.Option(help="Model package written by the previous stage (default: its layout path).")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Model package to write (default: models/stages/<r>/<stage>).")]
 Work = Annotated[Path | None, typer.Option(help="Checkpoint folder: a killed run resumes from here "
@@ -55,7 +55,7 @@ def _stage_command(spec: TrainStage):
 
         from pdc.config import load_params
         from pdc.pipeline import Layout
-        from pdc.scale import with_num_workers
+        from pdc.scale import runs_on_ray, with_num_workers
         from pdc.stages import run_stage, with_privileged_loss
 
         p = with_privileged_loss(with_num_workers(load_params(params, profile), workers), loss)
@@ -75,7 +75,7 @@ def _stage_command(spec: TrainStage):
             if track and tracking is None:
                 raise TrackingError("--track: no MLflow store configured (MLFLOW_TRACKING_URI, PDC_TRACKING_URI or "
                                     "params.yaml pipeline.tracking_uri) or MLflow is not installed")
-        if p.active.scaling.num_workers > 1:
+        if runs_on_ray(p):
             from pdc.scale import run_stage_scaled
 
             res = run_stage_scaled(spec.name, params, profile, rate_point, num_workers=workers, live=tracking is not None,
