@@ -132,10 +132,13 @@ def bench_training(model, image: torch.Tensor, n_steps: int, batch: int, crop: i
     from pdc.train import train_codec, train_diffusion, train_privileged_decoder
 
     os.environ.setdefault("PDC_NO_PROGRESS", "1")
+    # metrics_every 1: every step is logged as it ends (the loop otherwise logs a window of steps at once,
+    # which would make the per-step stamps below meaningless)
     common = StageTrainConfig(steps=n_steps + 1, batch_size=batch, crop=max(64, crop), lr=1e-4,
                               checkpoint_every=10**9)
     cfgs = {name: (configs or {}).get(name, common).model_copy(update={"steps": n_steps + 1,
-                                                                        "checkpoint_every": 10**9})
+                                                                        "checkpoint_every": 10**9,
+                                                                        "metrics_every": 1})
             for name in stages}
     runs = {
         "codec": lambda b, log: train_codec(model, 0.0067, b, cfgs["codec"], None, log),

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         stamps: list[float] = []
         probe = init_model(prof.model, seed=1).to(device)
         train_codec(probe, rates[0].lambda_rd, random_crops(photos, args.batch, args.crop, seed=1),
-                    cfg.model_copy(update={"steps": 30, "warmup_steps": 0}),
+                    cfg.model_copy(update={"steps": 30, "warmup_steps": 0, "metrics_every": 1}),  # a stamp per step
                     log=lambda name, _v, _s: stamps.append(time.perf_counter()) if name == "codec/loss" else None)
         res["steps_per_s"] = (len(stamps) - 11) / (stamps[-1] - stamps[10])
         steps = max(1, int(res["steps_per_s"] * 60 * args.minutes / len(rates)))
