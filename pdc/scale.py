@@ -169,8 +169,13 @@ class RayCheckpoints:
         if path is None or not path.is_file():
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory(dir=self._local) as folder:
-            shutil.copy2(path, Path(folder) / path.name)
+        # Ray uploads a folder: a hard link to the file beside it (no second copy of a large checkpoint on
+        # disk before the upload); a copy only where the file system has no hard links.
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ray-report-") as folder:
+            try:
+                os.link(path, Path(folder) / path.name)
+            except OSError:
+                shutil.copy2(path, Path(folder) / path.name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))  # uploads, then returns
 
 
