@@ -174,8 +174,34 @@ def _versions() -> dict[str, str]:
     }
 
 
-def save_package(model: CorrDiffModel, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> str:
-    """Write the package directory atomically (temp dir + rename); returns the content hash."""
+#: Parts that may be stored in float16 (:func:`save_package`'s ``half``). The codec stays float32: its
+#: entropy models derive the coder's tables from its weights, and it is the smaller share of a package.
+HALF_PARTS = ("diffusion", "privileged")
+
+
+def round_to_half(model: CorrDiffModel, parts: tuple[str, ...]) -> None:
+    """Round the floating-point weights of ``parts`` to float16 values, in place (they stay float32)."""
+    wrong = sorted(set(parts) - set(HALF_PARTS))
+    if wrong:
+        raise ModelPackageError(f"{', '.join(wrong)}: only {', '.join(HALF_PARTS)} may be stored in float16")
+    with torch.no_grad():
+        for part in parts:
+            for t in getattr(model, part).state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
+    model.invalidate_hash()
+
+
+def save_package(model: CorrDiffModel, path: str | os.PathLike[str], extra: dict[str, Any] | None = None,
+                 *, half: tuple[str, ...] = ()) -> str:
+    """Write the package directory atomically (temp dir + rename); returns the content hash.
+
+    ``half`` names parts (of :data:`HALF_PARTS`) to store as float16: their weights are first rounded in
+    ``model`` itself, so the hash, computed on the float32 model, is that of what loading gives back
+    (``load_state_dict`` widens them again). Recorded as ``"float16": [...]`` in model.json.
+    """
+    half = tuple(p for p in PARTS if p in half and p in model.trained)
+    round_to_half(model, half)
     model.codec.update(force=True)  # entropy-coder CDFs must be current before they are frozen
     model.invalidate_hash()
     meta = {
@@ -183,11 +209,15 @@ def save_package(model: CorrDiffModel, path: str | os.PathLike[str], extra: dict
         "hash": model.content_hash(),
         "config": model.config.model_dump(mode="json"),
         **({} if model.trained == PARTS else {"parts": list(model.trained)}),
+        **({"float16": list(half)} if half else {}),
         "versions": _versions(),
         **(extra or {}),
     }
+    state = model.state_parts()
+    for part in half:
+        state[part] = {k: t.half() if t.is_floating_point() else t for k, t in state[part].items()}
     with staging_dir(Path(path)) as tmp:
-        torch.save(model.state_parts(), tmp / "weights.pt")
+        torch.save(state, tmp / "weights.pt")
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta["hash"]
 

@@ -91,3 +91,34 @@ def test_sampling_settings_change_the_step_count_not_the_network(micro_model):
                                                 micro_model.diffusion.state_dict().values()))
     with pytest.raises(ModelPackageError, match="block_channels: not a sampling setting"):
         micro_model.with_decode_settings(sampling={"block_channels": (64, 64)})
+
+
+def test_half_precision_storage_loads_back_to_the_hash_it_was_saved_with(micro_model, tmp_path):
+    """The diffusion and D_e stored as float16: half the bytes for them, the loaded model is exactly the
+    rounded one (same hash, widened to float32), and the codec — whose weights make the entropy coder's
+    tables — is stored untouched."""
+    import copy
+
+    from pdc.models.package import round_to_half
+
+    full_hash = save_package(micro_model, tmp_path / "fp32")
+    model = copy.deepcopy(micro_model)
+    digest = save_package(model, tmp_path / "fp16", half=("diffusion", "privileged"))
+    assert digest != full_hash  # the rounding changed the weights, and the hash says so
+    meta = json.loads((tmp_path / "fp16" / "model.json").read_text())
+    assert meta["float16"] == ["diffusion", "privileged"]
+    stored = torch.load(tmp_path / "fp16" / "weights.pt", weights_only=True)
+    assert all(t.dtype == torch.float16 for t in stored["diffusion"].values() if t.is_floating_point())
+    assert all(t.dtype == torch.float32 for t in stored["codec"].values() if t.is_floating_point())
+    assert (tmp_path / "fp16" / "weights.pt").stat().st_size < (tmp_path / "fp32" / "weights.pt").stat().st_size
+    loaded = load_package(tmp_path / "fp16")
+    assert loaded.content_hash() == digest
+    w = next(iter(loaded.diffusion.state_dict().values()))
+    assert w.dtype == torch.float32
+    for part in ("codec", "diffusion"):
+        for (k, a), b in zip(getattr(loaded, part).state_dict().items(), getattr(model, part).state_dict().values()):
+            assert torch.equal(a, b), k
+    for (k, a), b in zip(loaded.codec.state_dict().items(), micro_model.codec.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ModelPackageError, match="codec: only diffusion, privileged may be stored in float16"):
+        round_to_half(model, ("codec",))
