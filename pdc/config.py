@@ -216,6 +216,11 @@ class TrainConfig(_Strict):
     #: point (pdc/zoo/small) where its architecture matches model.codec (a warm start, recorded in the
     #: package), else from scratch; "scratch" = always a fresh codec.
     codec_init: Literal["shipped", "scratch"] = "scratch"
+    #: Where the diffusion and privileged stages start: "shipped" = the trained network of the shipped
+    #: package for the same rate point where it holds one of the profile's architecture (a warm start,
+    #: recorded in the package), else a fresh one; "scratch" = always a fresh network. (D_e's copy of g_s
+    #: starts from this run's codec either way; its refiner is what carries over.)
+    decoders_init: Literal["shipped", "scratch"] = "scratch"
     diffusion: DiffusionTrainConfig = DiffusionTrainConfig()
     privileged: PrivilegedTrainConfig = PrivilegedTrainConfig()
     #: Images (crops) the correction stage simulates the encoder on to fit the λ statistics.

@@ -74,10 +74,11 @@ TRAIN_STAGES: tuple[TrainStage, ...] = (
     TrainStage("codec", None, True, _TRAIN_CODE + ("pdc/zoo",), ("codec", "codec_init"), ("codec",),
                "Stage 1: the hyperprior codec (loss R + λ_rd·255²·MSE) for one rate point; --init warm-starts it "
                "from the codec of an earlier package."),
-    TrainStage("diffusion", "codec", True, _TRAIN_CODE + _DIFFUSION_CODE, ("diffusion",), _DIFFUSION_NETWORK,
+    TrainStage("diffusion", "codec", True, _TRAIN_CODE + _DIFFUSION_CODE + ("pdc/zoo",), ("diffusion", "decoders_init"),
+               _DIFFUSION_NETWORK,
                "Stage 2: the conditional diffusion denoiser on the frozen codec's ŷ."),
-    TrainStage("privileged", "diffusion", True, _TRAIN_CODE + ("pdc/models/privileged.py",), ("privileged",),
-               ("privileged",),
+    TrainStage("privileged", "diffusion", True, _TRAIN_CODE + ("pdc/models/privileged.py", "pdc/zoo"),
+               ("privileged", "decoders_init"), ("privileged",),
                "Stage 3: the privileged end-to-end decoder D_e (MSE) on the frozen ŷ; --loss diffusion trains it "
                "with the diffusion's loss instead (the e2e-lpips control of `pdc evaluate --e2e-lpips`)."),
     TrainStage("correction", "privileged", False, _TRAIN_CODE + _DECODE_CODE,

@@ -148,12 +148,10 @@ def run_stage(
         model = init_model(prof.model, seed=prof.train.codec.seed)
         model.trained = ("codec",)  # the later stages build their own networks from the profile
         if init is None and prof.train.codec_init == "shipped":
-            init = _shipped_codec(rate_point, prof.model.codec)
+            init = _shipped_part(rate_point, "codec", prof.model.codec)
         if init is not None:  # a warm start: the codec weights of an earlier package, trained further here
             model.codec = _warm_codec(init, prof.model.codec)
-            versions["warm_start"] = read_metadata(init)["hash"]
-            identity += f";warm={versions['warm_start']}"
-            extra["warm_start"] = {"package": str(init), "hash": versions["warm_start"]}
+            identity += _record_warm_start(init, versions, extra)
         model = model.to(device)
         res = T.train_codec(model, lmbda, _batches(data, prof.train.codec, d, nl, device), prof.train.codec, workdir,
                             log, identity, d)
@@ -164,6 +162,11 @@ def run_stage(
         model = load_package(init)
         if stage in ("diffusion", "privileged"):
             model = _own_network(model, stage, getattr(prof.model, stage), getattr(prof.train, stage).seed, init)
+            warm = (_shipped_part(rate_point, stage, getattr(prof.model, stage))
+                    if prof.train.decoders_init == "shipped" and stage not in model.trained else None)
+            if warm is not None:  # a warm start: the shipped network, trained further on this codec's ŷ
+                getattr(model, stage).load_state_dict(getattr(load_package(warm), stage).state_dict())
+                identity += _record_warm_start(warm, versions, extra)
         elif missing := [p for p in ("diffusion", "privileged") if p not in model.trained]:
             raise ConfigError(f"{init}: has no trained {' or '.join(missing)} network; the correction stage starts "
                               "from the privileged stage's package")
@@ -237,20 +240,35 @@ def _own_network(model: Any, part: str, cfg: Any, seed: int, init: Path) -> Any:
     return model.with_fresh_part(part, cfg, seed=seed)
 
 
-def _shipped_codec(rate_point: str, cfg: Any) -> Path | None:
-    """The shipped package of ``rate_point`` when its codec has the profile's architecture, else None (said)."""
+def _record_warm_start(init: Path, versions: dict[str, Any], extra: dict[str, Any]) -> str:
+    """Record in the stage's package that it started from ``init``; returns the run-identity suffix."""
     from pdc.models.package import read_metadata
+
+    versions["warm_start"] = read_metadata(init)["hash"]
+    extra["warm_start"] = {"package": str(init), "hash": versions["warm_start"]}
+    return f";warm={versions['warm_start']}"
+
+
+def _shipped_part(rate_point: str, part: str, cfg: Any) -> Path | None:
+    """The shipped package of ``rate_point`` when it holds a trained ``part`` of the profile's architecture,
+    else None (said on stderr: the stage then trains that network from scratch)."""
+    from pdc.config import parse_model_config
+    from pdc.models.package import PARTS, read_metadata
     from pdc.zoo import SHIPPED, shipped_package
 
     package = shipped_package(rate_point)
     if package is None:
-        print(f"{SHIPPED}: no shipped package for rate point {rate_point}: training its codec from scratch",
+        print(f"{SHIPPED}: no shipped package for rate point {rate_point}: training its {part} from scratch",
               file=sys.stderr, flush=True)
         return None
-    shipped = read_metadata(package)["config"]["codec"]
-    if shipped != cfg.model_dump():
-        print(f"{package}: shipped codec {shipped} is not the profile's model.codec {cfg.model_dump()}: training "
-              "from scratch", file=sys.stderr, flush=True)
+    meta = read_metadata(package)
+    if part not in meta.get("parts", PARTS):
+        print(f"{package}: holds no trained {part} network: training it from scratch", file=sys.stderr, flush=True)
+        return None
+    shipped = _network_fields(getattr(parse_model_config(meta["config"], where=f"{package}/model.json"), part))
+    if shipped != _network_fields(cfg):
+        print(f"{package}: shipped {part} {shipped} is not the profile's model.{part} {_network_fields(cfg)}: "
+              "training from scratch", file=sys.stderr, flush=True)
         return None
     return package
 

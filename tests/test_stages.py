@@ -215,6 +215,55 @@ def test_each_stage_builds_its_own_network_from_the_profile(tmp_path):
     assert warm["warm_start"]["hash"] == meta["hash"]
 
 
+def test_decoders_warm_start_from_the_shipped_package_where_it_holds_them(tmp_path, monkeypatch, capsys):
+    """``decoders_init: shipped``: the diffusion and privileged stages start from the shipped package's
+    networks of their rate point (trained weights end near those, not near a fresh start — D_e's refiner,
+    its g_s copy always starts from this codec's; the start is
+    recorded in the package and the run identity); a rate point with no shipped package trains from scratch."""
+    import yaml
+
+    import pdc.zoo as zoo
+    from pdc.config import load_params
+    from pdc.models.package import init_model, load_package, read_metadata, save_package
+    from pdc.stages import run_stage
+
+    data = init_corpus(tmp_path) / "default"
+    path = write_micro_params(tmp_path)
+    run_stage("codec", load_params(path), "r0", data=data, out=tmp_path / "codec", workdir=tmp_path / "ck")
+    shipped = init_model(load_package(tmp_path / "codec").config, seed=123)  # decoders unlike any fresh start
+    shipped.codec = load_package(tmp_path / "codec").codec
+    save_package(shipped, tmp_path / "zoo" / "r0", extra={"rate_point": {"name": "r0", "lambda_rd": 0.002}})
+    monkeypatch.setattr(zoo, "SHIPPED", tmp_path / "zoo")
+
+    def dist(a, b) -> float:  # D_e's copy of g_s is left out: training always starts it from this codec's
+        sa, sb = a.state_dict(), b.state_dict()
+        return sum(float((sa[k] - sb[k]).norm()) for k in sa if sa[k].is_floating_point() and not k.startswith("g_s."))
+
+    out = {}
+    for init in ("scratch", "shipped"):
+        doc = yaml.safe_load(path.read_text())
+        doc["profiles"]["micro"]["train"]["decoders_init"] = init
+        path.write_text(yaml.safe_dump(doc))
+        run_stage("diffusion", load_params(path), "r0", data=data, out=tmp_path / init / "dif",
+                  init=tmp_path / "codec", workdir=tmp_path / init / "ckd")
+        run_stage("privileged", load_params(path), "r0", data=data, out=tmp_path / init / "priv",
+                  init=tmp_path / init / "dif", workdir=tmp_path / init / "ckp")
+        out[init] = load_package(tmp_path / init / "priv")
+    for part in ("diffusion", "privileged"):
+        warm, cold = getattr(out["shipped"], part), getattr(out["scratch"], part)
+        assert dist(warm, getattr(shipped, part)) < 0.2 * dist(cold, getattr(shipped, part)), part
+    meta = read_metadata(tmp_path / "shipped" / "priv")
+    assert meta["warm_start"] == {"package": str(tmp_path / "zoo" / "r0"), "hash": shipped.content_hash()}
+    assert "warm_start" not in read_metadata(tmp_path / "scratch" / "priv")
+
+    capsys.readouterr()
+    run_stage("codec", load_params(path), "r1", data=data, out=tmp_path / "codec1", workdir=tmp_path / "ck1")
+    run_stage("diffusion", load_params(path), "r1", data=data, out=tmp_path / "dif1", init=tmp_path / "codec1",
+              workdir=tmp_path / "ckd1")
+    assert "no shipped package for rate point r1: training its diffusion from scratch" in capsys.readouterr().err
+    assert "warm_start" not in read_metadata(tmp_path / "dif1")
+
+
 @pytest.mark.parametrize(("device", "pinned"), [("cpu", False), ("cuda", True), ("cuda:1", True),
                                                 (torch.device("cuda", 0), True), (torch.device("cpu"), False)])
 def test_training_batches_are_pinned_for_a_cuda_device_only(device, pinned, monkeypatch):
