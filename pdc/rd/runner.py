@@ -20,7 +20,9 @@ code the same images:
   grids), where the control's σ is matched per FID image in the same way.
 
 Everything is written into a staging folder next to ``out`` and renamed into place at the end, so
-``out`` holds either the previous complete evaluation or the new one.
+``out`` holds either the previous complete evaluation or the new one. Each coded image is also kept in
+``.<out>.resume/`` (:mod:`pdc.rd.resume`) until then: an interrupted evaluation, run again with the same
+models, images and settings, continues where it stopped.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pdc.metrics import MS_SSIM_MIN_SIDE, bpp, ms_ssim, psnr
 from pdc.rd import report
 from pdc.rd.classic import ClassicCodec, classic_codecs
 from pdc.rd.control import PSNR_TOL_DB, match_noise, noise_seed
+from pdc.rd.resume import ImageCache
 from pdc.rd.systems import (CONTROL_KEY, E2E_LPIPS, E2E_LPIPS_KEY, OPT_IN_SYSTEMS, Point, System, classic_systems,
                              control_systems, learned_systems)
 
@@ -480,6 +483,15 @@ def evaluate_model_set(
     bar = progress_bar(n_points * (len(test) + n_fid), "evaluate", unit="code", enabled=progress)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    cache = ImageCache(out.parent / f".{out.name}.resume", {
+        "format": FORMAT,
+        "models": [read_metadata(m)["hash"] for m in members],
+        "e2e_lpips": [meta["hash"] for _, meta in alt_members],
+        "images": images_digest(test), "crop": crop,
+        "fid_images": images_digest(im for _, im in fid_set.images) if fid_set else None,
+        "steps": steps, "seed": seed, "decode": decode, "lpips": with_lpips, "device": str(device),
+        "classic": {c.key: c.options for c in codecs},
+    })
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         points: list[Point] = []
@@ -502,26 +514,42 @@ def evaluate_model_set(
             reconstructions in (by image index).
             """
             key, label = point.system.key, point.label
+
+            def coded(i: int, img: np.ndarray, path: Path | None, scored: bool) -> tuple[np.ndarray, dict[str, Any]]:
+                """Image ``i`` coded (or taken from the resume cache): its 8-bit reconstruction and record."""
+                hit = cache.get(key, label, i)
+                if hit is not None:
+                    rec8, row, stream = hit
+                    if path is not None and stream is not None:
+                        shutil.copyfile(stream, path)
+                    return rec8, row
+                rec, info = code(i, img, path)
+                row = {}
+                if scored:
+                    h, w = img.shape[:2]
+                    row = {"image": names[i], "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
+                           **metric(rec, uint8_to_tensor(img))}
+                rec8 = tensor_to_uint8(rec)
+                cache.put(key, label, i, rec8, row, path)
+                return rec8, row
+
             tfolder = folder("streams", point, ext)
             for i, (name, img) in enumerate(zip(names, test)):
-                rec, info = code(i, img, tfolder and tfolder / f"{name}.{ext}")
-                h, w = img.shape[:2]
-                row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
-                       **metric(rec, uint8_to_tensor(img))}
+                rec8, row = coded(i, img, tfolder and tfolder / f"{name}.{ext}", True)
                 point.images.append(row)
                 if keep is not None:
-                    keep.append(rec)
+                    keep.append(uint8_to_tensor(rec8))
                 if i == 0 and in_grid:
-                    grid[(key, label)] = (tensor_to_uint8(rec), row["bpp"])
+                    grid[(key, label)] = (rec8, row["bpp"])
                 bar.update(1)
             fid_recs = []
             if fid_set is not None:
                 ffolder = folder("streams_fid", point, ext)
                 for j, (name, img) in enumerate(zip(fid_names, (im for _, im in fid_set.images))):
-                    rec, _ = code(len(test) + j, img, ffolder and ffolder / f"{name}.{ext}")
-                    fid_recs.append(tensor_to_uint8(rec))
+                    rec8, _ = coded(len(test) + j, img, ffolder and ffolder / f"{name}.{ext}", False)
+                    fid_recs.append(rec8)
                     if keep is not None:
-                        keep.append(fid_recs[-1])
+                        keep.append(rec8)
                     bar.update(1)
                 point.fid, kid, point.fid_patches, point.fid_note = fid_set.score(fid_recs)
                 if kid is not None:
@@ -618,8 +646,9 @@ def evaluate_model_set(
         summary["streams_dir"] = str(out / "streams")
         replace_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the resume cache stays: a rerun continues from it
         raise
+    cache.discard()
     summary["files"] = [str(f) for f in files]
     summary["outputs"] = summary["files"]
     return summary

@@ -645,3 +645,60 @@ def test_nobits_control_writes_mode_4_streams_and_a_paired_comparison(model_set,
     assert psnr["n"] == 2 and psnr["mean"] == pytest.approx(np.mean([corr[n]["psnr"] - nob[n]["psnr"] for n in corr]))
     assert psnr["ci95"][0] <= psnr["mean"] <= psnr["ci95"][1]
     assert paired["corrdiff_minus_corrdiff-nobits/r0"]["bpp"]["mean"] > 0  # the λ section's bits
+
+
+def test_an_interrupted_evaluation_resumes_and_gives_what_an_uninterrupted_one_gives(model_set, tiny_images,
+                                                                                      fid_images, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Killed after its first points, a rerun codes only what was not coded yet (the rest comes from
+    ``.<out>.resume/``) and writes the same figures — bpp, PSNR, FID/KID, the matched-noise control — and
+    the same streams as a run never interrupted; the cache goes once the output is written; a run with
+    other settings (seed) does not reuse it."""
+    import pdc.metrics.perceptual as perceptual
+    import pdc.rd.runner as runner
+    from pdc.rd import evaluate_model_set
+
+    monkeypatch.setattr(perceptual, "fid_from_features", _fast_fid)
+    jpeg = ClassicCodec("jpeg", "JPEG (Pillow)", "JPEG", "jpg", (5, 60), {"optimize": True})
+    kw = dict(fid_images=fid_images, limit=1, crop=64, steps=2, gammas=(), progress=False, with_lpips=False,
+              classic=[jpeg], systems=("corrdiff", "e2e"))
+    whole = evaluate_model_set(model_set, tiny_images, tmp_path / "whole", **kw)
+
+    coded = []
+    real = runner._code_learned
+    monkeypatch.setattr(runner, "_code_learned", lambda *a, **k: coded.append(1) or real(*a, **k))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three(point):  # r0's corrdiff, e2e and the matched-noise control
+        if len(done) == 2:
+            raise Killed
+        done.append(point)
+
+    done = []
+    with pytest.raises(Killed):
+        evaluate_model_set(model_set, tiny_images, tmp_path / "ev", on_point=kill_after_three, **kw)
+    cache = tmp_path / ".ev.resume"
+    assert cache.is_dir() and not (tmp_path / "ev").exists()
+    assert len(coded) == 2 * 3  # rate point 0: corrdiff and e2e, 1 test + 2 FID images each
+    coded.clear()
+    resumed = evaluate_model_set(model_set, tiny_images, tmp_path / "ev", **kw)
+    assert len(coded) == 2 * 3  # rate point 1 only
+    assert "resuming, 9 coded image(s) kept" in capsys.readouterr().err  # with the control's
+    assert not cache.exists()
+
+    def figures(res):
+        return sorted((r["system"], r["point"], r["bpp"], round(r["psnr"], 9), r["fid"], r["kid"])
+                      for r in res["rows"])
+
+    assert figures(resumed) == figures(whole)
+    for f in (tmp_path / "whole" / "streams").rglob("*.*"):
+        assert (tmp_path / "ev" / f.relative_to(tmp_path / "whole")).read_bytes() == f.read_bytes()
+
+    with pytest.raises(Killed):
+        done.clear()
+        evaluate_model_set(model_set, tiny_images, tmp_path / "ev2", on_point=kill_after_three, **kw)
+    coded.clear()
+    evaluate_model_set(model_set, tiny_images, tmp_path / "ev2", **{**kw, "seed": 1})
+    assert "starting afresh" in capsys.readouterr().err and len(coded) == 4 * 3
