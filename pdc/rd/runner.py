@@ -486,7 +486,6 @@ def evaluate_model_set(
     cache = ImageCache(out.parent / f".{out.name}.resume", {
         "format": FORMAT,
         "models": [read_metadata(m)["hash"] for m in members],
-        "e2e_lpips": [meta["hash"] for _, meta in alt_members],
         "images": images_digest(test), "crop": crop,
         "fid_images": images_digest(im for _, im in fid_set.images) if fid_set else None,
         "steps": steps, "seed": seed, "decode": decode, "lpips": with_lpips, "device": str(device),
@@ -507,17 +506,19 @@ def evaluate_model_set(
             return path
 
         def run_point(point: Point, code: Coder, ext: str | None, in_grid: bool = True,
-                      keep: Kept | None = None) -> None:
+                      keep: Kept | None = None, cached_as: str | None = None) -> None:
             """Code every test (and FID) image with ``code``, score it, and record the point.
 
             ``ext`` None: the system writes no file (the control). ``keep``: list to collect the
-            reconstructions in (by image index).
+            reconstructions in (by image index). ``cached_as``: the system's name in the resume cache
+            (default its key) — one that names the weights it decodes with, where those are not the set's.
             """
             key, label = point.system.key, point.label
+            cache_name = cached_as or key
 
             def coded(i: int, img: np.ndarray, path: Path | None, scored: bool) -> tuple[np.ndarray, dict[str, Any]]:
                 """Image ``i`` coded (or taken from the resume cache): its 8-bit reconstruction and record."""
-                hit = cache.get(key, label, i)
+                hit = cache.get(cache_name, label, i)
                 if hit is not None:
                     rec8, row, stream = hit
                     if path is not None and stream is not None:
@@ -530,7 +531,7 @@ def evaluate_model_set(
                     row = {"image": names[i], "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
                            **metric(rec, uint8_to_tensor(img))}
                 rec8 = tensor_to_uint8(rec)
-                cache.put(key, label, i, rec8, row, path)
+                cache.put(cache_name, label, i, rec8, row, path)
                 return rec8, row
 
             tfolder = folder("streams", point, ext)
@@ -588,7 +589,7 @@ def evaluate_model_set(
                 alt_path, alt_meta = alt_members[r]
                 alt = load_package(alt_path).to(codec_device(device))
                 run_point(Point(E2E_LPIPS, label, rate_index=r), _e2e_lpips(model, alt, done["e2e"]), None,
-                          in_grid=r == grid_rate)
+                          in_grid=r == grid_rate, cached_as=f"{E2E_LPIPS_KEY}-{alt_meta['hash'][:16]}")
                 alt_info.append({"label": label, "package": str(alt_path), "hash": alt_meta["hash"],
                                  "privileged_loss": alt_meta.get("privileged_loss")})
                 del alt
