@@ -172,3 +172,25 @@ def test_no_model_and_no_shipped_model_says_how_to_get_one(tmp_path, image, monk
 
     with pytest.raises(ModelPackageError, match="no --model given and no shipped model"):
         zoo.default_model()
+
+
+def test_a_fresh_clone_compresses_a_photo_with_the_shipped_model(tmp_path, image):
+    """No --model: compress picks the shipped set's best mode, info names the shipped model's rate point,
+    decompress finds the rate point from the stream, and the photo comes back (colours included)."""
+    from pdc.models.package import load_package, rate_packages
+    from pdc.zoo import SHIPPED
+
+    stream, out = tmp_path / "cat.pdc", tmp_path / "cat.png"
+    r = run_pdc("compress", str(image), "-o", str(stream), "--rate", "1")
+    assert r.returncode == 0, r.stderr
+    r = run_pdc("info", str(stream))
+    assert r.returncode == 0, r.stderr
+    member = rate_packages(SHIPPED)[1]
+    assert load_package(member).content_hash()[:16] in r.stdout.replace(" ", "")
+    r = run_pdc("decompress", str(stream), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    original, decoded = read_image(image).astype(float), read_image(out).astype(float)
+    assert decoded.shape == original.shape
+    psnr = 10 * np.log10(255**2 / np.mean((decoded - original) ** 2))
+    assert psnr > 24, psnr
+    assert np.abs(decoded.mean(axis=(0, 1)) - original.mean(axis=(0, 1))).max() < 4  # no colour cast
