@@ -19,6 +19,7 @@ MICRO_PROFILE = {
         "correction_images": 2,
         "correction_crop": 64,
         "codec_init": "scratch",
+        "decoders_init": "scratch",
     },
     "scaling": {"num_workers": 1},
 }
