@@ -30,16 +30,10 @@ from pdc.codec import compress, decodable_modes, decompress
 from pdc.imageio import image_files, read_image
 from pdc.metrics import psnr
 from pdc.models.package import HALF_PARTS, load_package, rate_packages, read_metadata, save_package, write_model_set
+from pdc.rd.runner import center_crop
 
 #: Keys save_package writes itself; the rest of model.json (rate point, stage, warm start …) is carried over.
 _OWN_KEYS = {"format", "hash", "config", "parts", "float16", "versions"}
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    s = min(size, h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return np.ascontiguousarray(image[top:top + s, left:left + s])
 
 
 def coded_psnr(model, image: np.ndarray, mode) -> float:
@@ -61,7 +55,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="Also write the measured differences here.")
     args = ap.parse_args()
 
-    images = [centre_crop(read_image(p), args.crop) for p in image_files(args.images)[:args.limit]]
+    images = [center_crop(read_image(p), args.crop) for p in image_files(args.images)[:args.limit]]
     if not images:
         print(f"{args.images}: no images", file=sys.stderr)
         return 2

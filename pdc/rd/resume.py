@@ -5,9 +5,11 @@ killed run would start again from nothing. :class:`ImageCache` keeps, beside the
 (``.<out>.resume/``), one entry per (system, point, image): the coded file, the 8-bit reconstruction (PNG)
 and the per-image record with its metrics, each entry committed by writing its record last. Rerunning the
 same evaluation takes the entries that are there and codes the rest; the cache is deleted when the
-evaluation has been written. Everything that decides the results — model and control hashes, test and FID
-images, settings, the evaluation code itself — goes into the cache's key: a run that differs in any of
-them starts a fresh cache (and says so).
+evaluation has been written. Everything that decides the results — the evaluated models' hashes, test and
+FID images, settings, the evaluation code itself — goes into the cache's key: a run that differs in any of
+them starts a fresh cache (and says so). A system that codes with something else (the e2e-lpips control's
+weights, a classic codec's options) carries its identity in its entry names instead, so adding or changing
+one of those recodes that system alone.
 
 What comes back from an entry equals what was computed: the record's metrics were taken on the full
 precision reconstruction, and the uses of a reconstruction after its own point (the matched-noise
@@ -49,7 +51,6 @@ class ImageCache:
     def __init__(self, folder: Path, key: dict[str, Any]) -> None:
         self.folder = Path(folder)
         self.key = {**key, "code": code_digest()}
-        self.hits = 0
         key_file = self.folder / "key.json"
         if self.folder.is_dir():
             try:
@@ -84,7 +85,6 @@ class ImageCache:
         except Exception:  # noqa: BLE001 - a missing or damaged entry is simply coded again
             return None
         stream = entry / "stream"
-        self.hits += 1
         return rec, record, stream if stream.is_file() else None
 
     def put(self, system: str, label: str, index: int, rec: np.ndarray, record: dict[str, Any],

@@ -28,6 +28,7 @@ models, images and settings, continues where it stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import tempfile
@@ -113,13 +114,19 @@ def images_digest(images: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
+def center_crop(img: np.ndarray, size: int | None) -> np.ndarray:
+    """The centre ``size``² crop of ``img`` (each side at most the image's); None or 0: the image itself."""
     if not size:
         return img
     h, w = img.shape[:2]
     s_h, s_w = min(size, h), min(size, w)
     top, left = (h - s_h) // 2, (w - s_w) // 2
     return np.ascontiguousarray(img[top : top + s_h, left : left + s_w])
+
+
+def _options_digest(options: dict[str, Any]) -> str:
+    """A short name for a classic codec's encoder options (part of its name in the resume cache)."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _stems(paths: Sequence[Path]) -> list[str]:
@@ -145,8 +152,6 @@ def _check_out(out: Path) -> None:
         ok = (out / MARKER).is_file()
         if not ok:
             try:
-                import json
-
                 ok = json.loads((out / "summary.json").read_text()).get("format") == FORMAT
             except (OSError, ValueError, AttributeError):
                 ok = False
@@ -415,7 +420,7 @@ def evaluate_model_set(
     codecs = list(classic_codecs() if classic is None else classic)
     _check_out(out)
 
-    test = [_center_crop(img, crop) for _, img in named]
+    test = [center_crop(img, crop) for _, img in named]
     names = _stems([Path(n) for n, _ in named])
     fid_set = _FidSet(fid_paths) if fid_paths else None
     if training_data is not None:
@@ -489,7 +494,6 @@ def evaluate_model_set(
         "images": images_digest(test), "crop": crop,
         "fid_images": images_digest(im for _, im in fid_set.images) if fid_set else None,
         "steps": steps, "seed": seed, "decode": decode, "lpips": with_lpips, "device": str(device),
-        "classic": {c.key: c.options for c in codecs},
     })
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -600,7 +604,8 @@ def evaluate_model_set(
             for q in codec.qualities:
                 label = f"q{q}"
                 point = Point(system, label, quality=q)
-                run_point(point, lambda i, img, path: _code_classic(codec, q, img, path), codec.ext)
+                run_point(point, lambda i, img, path: _code_classic(codec, q, img, path), codec.ext,
+                          cached_as=f"{system.key}-{_options_digest(codec.options)}")
         bar.close()
 
         summary = _write_outputs(
