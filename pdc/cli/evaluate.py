@@ -39,7 +39,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 HEADERS = {"ms_ssim": "MS-SSIM", "psnr": "PSNR", "lpips": "LPIPS-alex", "lpips_vgg": "LPIPS-VGG", "fid": "FID",
-           "kid": "KID", "lambda_share": "λ/file", "encode_s": "enc s", "decode_s": "dec s"}
+           "kid": "KID", "fid_bpp": "bpp FID set", "lambda_share": "λ/file", "encode_s": "enc s", "decode_s": "dec s"}
 
 
 def print_table(summary: dict[str, Any], console=None) -> None:
@@ -51,7 +51,7 @@ def print_table(summary: dict[str, Any], console=None) -> None:
     rows = summary["rows"]
     fid = summary.get("fid_images") is not None
     cols = [("bpp", 4), ("psnr", 2), ("ms_ssim", 4), ("lpips", 4), ("lpips_vgg", 4)] + (
-        [("fid", 2), ("kid", 4)] if fid else []) + [("lambda_share", 3), ("encode_s", 2), ("decode_s", 2)]
+        [("fid_bpp", 4), ("fid", 2), ("kid", 4)] if fid else []) + [("lambda_share", 3), ("encode_s", 2), ("decode_s", 2)]
     table = Table(title=f"pdc evaluate — {summary['images']['count']} image(s) from {summary['images']['folder']}"
                         + (f", crop {summary['images']['crop']}" if summary["images"]["crop"] else ""))
     table.add_column("point")

@@ -29,19 +29,23 @@ COMPRESSAI_KEYS = {
     "fid": "fid",
     "kid": "kid",
     "kid_std": "kid_std",
+    "fid_bpp": "fid_bpp",
     "encode_s": "encoding_time",
     "decode_s": "decoding_time",
 }
 
 #: The aggregated quality metrics of a point: ``metrics.json``, the DVC plot files, the RD plots.
 QUALITY_METRICS = ("bpp", "psnr", "ms_ssim", "lpips", "lpips_vgg", "fid", "kid")
+#: FID and KID score the FID images, whose bits are not the test images': they plot and fit against these.
+FID_METRICS = ("fid", "kid")
 CSV_COLUMNS = (
-    "system", "name", "kind", "point", "rate_index", "quality", "gamma", "steps", *QUALITY_METRICS, "bytes",
+    "system", "name", "kind", "point", "rate_index", "quality", "gamma", "steps", *QUALITY_METRICS, "fid_bpp",
+    "bytes",
     "lambda_bytes", "lambda_share", "encode_s", "decode_s", "images", "fid_patches", "kid_std", "kid_subset_size",
     "decode_max_abs_diff", "noise_sigma",
 )
 #: Columns of the per-system DVC plot files (``plots/<system>.csv``).
-PLOT_COLUMNS = ("point", *QUALITY_METRICS)
+PLOT_COLUMNS = ("point", *QUALITY_METRICS, "fid_bpp")
 
 
 def clean(obj: Any) -> Any:
@@ -158,13 +162,19 @@ def _figure(**kw):
     return plt, plt.subplots(**kw)
 
 
+def rate_key(metric: str) -> str:
+    """The bit-rate a quality metric is plotted and BD-fitted against: the FID images' for FID/KID."""
+    return "fid_bpp" if metric in FID_METRICS else "bpp"
+
+
 def rd_plot(path: Path, points: Sequence[Point], metric: str, title: str) -> bool:
     """bpp vs ``metric``, one line per system; returns False (no file) when no system has the metric."""
     plt, (fig, ax) = _figure(figsize=(8, 5.5))
     drawn = 0
+    rate = rate_key(metric)
     try:
         for pts in by_system(points).values():
-            xy = sorted((p.metrics()["bpp"], p.metrics()[metric]) for p in pts)
+            xy = sorted((p.metrics()[rate], p.metrics()[metric]) for p in pts)
             xy = [(x, y) for x, y in xy if math.isfinite(x) and y is not None and math.isfinite(y)]
             if not xy:
                 continue
@@ -172,7 +182,7 @@ def rd_plot(path: Path, points: Sequence[Point], metric: str, title: str) -> boo
             drawn += 1
         if not drawn:
             return False
-        ax.set_xlabel("bit-rate (bpp)")
+        ax.set_xlabel("bit-rate of the FID images (bpp)" if rate == "fid_bpp" else "bit-rate (bpp)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -234,7 +244,7 @@ def crop_grid(path: Path, panels: Sequence[tuple[str, np.ndarray]], title: str, 
 
 # -- BD-rate and the distortion–perception curve ---------------------------------------------------------
 def _curve(points: Sequence[Point], metric: str) -> list[tuple[float, float]]:
-    return [(p.metrics()["bpp"], p.metrics()[metric]) for p in points]
+    return [(p.metrics()[rate_key(metric)], p.metrics()[metric]) for p in points]
 
 
 def _front(points: Sequence[Point], metric: str, higher_is_better: bool) -> list[tuple[float, float]]:
@@ -260,8 +270,12 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
         hib = metric not in LOWER_IS_BETTER
         anchor = _curve(sys.get(anchor_key, []), metric)
         res = bd_rate(anchor, test, higher_is_better=hib)
-        comparisons[name] = {"test": test_label, "anchor": anchor_key, "metric": metric, **res,
+        comparisons[name] = {"test": test_label, "anchor": anchor_key, "metric": metric, "rate": rate_key(metric), **res,
                              "curves": {"anchor": anchor, "test": test}}
+
+    def measured(metric: str, *keys: str) -> bool:
+        """Every point of the systems ``keys`` has ``metric`` (FID/KID: only where an FID set was given)."""
+        return all(k in sys for k in keys) and not any(math.isnan(p.metrics()[metric]) for k in keys for p in sys[k])
 
     corr = sys.get("corrdiff", [])
     if corr:
@@ -271,6 +285,10 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
         # VGG beside alex: alex is the headline, but the two backbones rank JPEG's low-rate blocks very
         # differently, and VGG is part of the diffusion's training loss: neither alone settles it.
         compare("corrdiff_vs_jpeg_lpips_vgg", _curve(corr, "lpips_vgg"), "corrdiff", "jpeg", "lpips_vgg")
+        # FID/KID: metrics no model here is trained on, at the FID images' own bits.
+        for metric in FID_METRICS:
+            if measured(metric, "corrdiff", "jpeg"):
+                compare(f"corrdiff_vs_jpeg_{metric}", _curve(corr, metric), "corrdiff", "jpeg", metric)
     # The MSE decoders against the classic codecs on PSNR: the fidelity the perceptual systems build on.
     for mse in ("e2e", "codec"):
         for classic in ("jpeg", "webp"):
@@ -279,9 +297,8 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
 
     def perceptual(test: str, anchor: str) -> None:
         """``test`` against ``anchor`` on every perceptual metric measured (FID/KID only where an FID set was given)."""
-        for metric in ("lpips", "lpips_vgg", "fid", "kid"):
-            if metric in ("lpips", "lpips_vgg") or not any(math.isnan(p.metrics()[metric])
-                                                          for p in sys[test] + sys[anchor]):
+        for metric in ("lpips", "lpips_vgg", *FID_METRICS):
+            if metric not in FID_METRICS or measured(metric, test, anchor):
                 compare(f"{test}_vs_{anchor}_{metric}".replace("-", "_"), _curve(sys[test], metric), test, anchor,
                         metric)
 

@@ -196,11 +196,11 @@ def _as_tensor(rec: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def _e2e_file(e2e: Point, i: int) -> dict[str, Any]:
     """The per-image record of a system that writes no file and reuses e2e's: its bytes (no λ), timings and
-    path (``stream``); empty for an FID image (index past the test images), which keeps no record."""
-    if i >= len(e2e.images):
-        return {}
-    row = e2e.images[i]
-    return {"bytes": row["bytes"], "lambda_bytes": 0, "stream": f"streams/e2e/{e2e.label}/{row['image']}.pdc",
+    path (``stream``) of image ``i`` (test images first, then FID images)."""
+    fid = i >= len(e2e.images)
+    row = e2e.fid_images[i - len(e2e.images)] if fid else e2e.images[i]
+    folder = "streams_fid" if fid else "streams"
+    return {"bytes": row["bytes"], "lambda_bytes": 0, "stream": f"{folder}/e2e/{e2e.label}/{row['image']}.pdc",
             **{k: row[k] for k in ("encode_s", "decode_s") if k in row}}
 
 
@@ -520,8 +520,10 @@ def evaluate_model_set(
             key, label = point.system.key, point.label
             cache_name = cached_as or key
 
-            def coded(i: int, img: np.ndarray, path: Path | None, scored: bool) -> tuple[np.ndarray, dict[str, Any]]:
-                """Image ``i`` coded (or taken from the resume cache): its 8-bit reconstruction and record."""
+            def coded(i: int, name: str, img: np.ndarray, path: Path | None,
+                      scored: bool) -> tuple[np.ndarray, dict[str, Any]]:
+                """Image ``i`` coded (or taken from the resume cache): its 8-bit reconstruction and record
+                (``scored`` False, an FID image: its size and bits only)."""
                 hit = cache.get(cache_name, label, i)
                 if hit is not None:
                     rec8, row, stream = hit
@@ -529,18 +531,17 @@ def evaluate_model_set(
                         shutil.copyfile(stream, path)
                     return rec8, row
                 rec, info = code(i, img, path)
-                row = {}
+                h, w = img.shape[:2]
+                row = {"image": name, "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), "bytes": info["bytes"]}
                 if scored:
-                    h, w = img.shape[:2]
-                    row = {"image": names[i], "height": h, "width": w, "bpp": bpp(info["bytes"], h, w), **info,
-                           **metric(rec, uint8_to_tensor(img))}
+                    row = {**row, **info, **metric(rec, uint8_to_tensor(img))}
                 rec8 = tensor_to_uint8(rec)
                 cache.put(cache_name, label, i, rec8, row, path)
                 return rec8, row
 
             tfolder = folder("streams", point, ext)
             for i, (name, img) in enumerate(zip(names, test)):
-                rec8, row = coded(i, img, tfolder and tfolder / f"{name}.{ext}", True)
+                rec8, row = coded(i, name, img, tfolder and tfolder / f"{name}.{ext}", True)
                 point.images.append(row)
                 if keep is not None:
                     keep.append(uint8_to_tensor(rec8))
@@ -551,7 +552,8 @@ def evaluate_model_set(
             if fid_set is not None:
                 ffolder = folder("streams_fid", point, ext)
                 for j, (name, img) in enumerate(zip(fid_names, (im for _, im in fid_set.images))):
-                    rec8, _ = coded(len(test) + j, img, ffolder and ffolder / f"{name}.{ext}", False)
+                    rec8, row = coded(len(test) + j, name, img, ffolder and ffolder / f"{name}.{ext}", False)
+                    point.fid_images.append(row)
                     fid_recs.append(rec8)
                     if keep is not None:
                         keep.append(rec8)
@@ -736,4 +738,4 @@ def _point_summary(p: Point) -> dict[str, Any]:
     lam = p.mean_lambda_per_step()
     if lam is not None:
         out["mean_lambda_per_step"] = lam
-    return out | {"per_image": p.images}
+    return out | {"per_image": p.images} | ({"per_fid_image": p.fid_images} if p.fid_images else {})

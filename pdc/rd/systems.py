@@ -135,6 +135,8 @@ class Point:
     steps: int | None = None  # DDIM steps (diffusion-based modes)
     lambda_levels: int | None = None  # CorrDiff: number of λ quantizer levels (to dequantize ``levels``)
     images: list[dict[str, Any]] = field(default_factory=list)
+    #: Per FID image: its name, size, bytes and bpp (no quality metric: FID/KID score the set as a whole).
+    fid_images: list[dict[str, Any]] = field(default_factory=list)
     fid: float | None = None
     kid: float | None = None
     kid_std: float | None = None  # spread of the KID subset estimates (pdc.metrics.perceptual.Kid)
@@ -160,6 +162,8 @@ class Point:
             encode_s=self.mean("encode_s"),
             decode_s=self.mean("decode_s"),
             images=len(self.images),
+            # The rate axis of FID/KID: the FID images' own bits, not the test images' (other photos).
+            fid_bpp=_mean([r["bpp"] for r in self.fid_images]) if self.fid_images else math.nan,
             fid_patches=self.fid_patches,
         )
         diffs = [r["decode_max_abs_diff"] for r in self.images if "decode_max_abs_diff" in r]

@@ -56,7 +56,8 @@ def test_the_noise_draw_is_fixed_by_the_seed():
 
 
 def test_control_coder_uses_the_e2e_file_and_matches_each_image():
-    """The runner's per-image coder: test images copy e2e's record, FID images (uint8) are matched too."""
+    """The runner's per-image coder: test images copy e2e's record, FID images (uint8) are matched too and
+    copy e2e's FID file record (its bits are the FID rate axis)."""
     from pdc.imageio import tensor_to_uint8
     from pdc.rd.runner import _matched_noise
     from pdc.rd.systems import Point, learned_systems
@@ -68,6 +69,7 @@ def test_control_coder_uses_the_e2e_file_and_matches_each_image():
     corr_recs[1] = refs[1]  # CorrDiff better than e2e on this one: σ = 0
     e2e = Point(next(s for s in learned_systems() if s.key == "e2e"), "r0")
     e2e.images = [{"image": f"img{i}", "bytes": 100 + i, "encode_s": 0.1} for i in range(2)]
+    e2e.fid_images = [{"image": "photo", "bytes": 500, "bpp": 0.5}]
     # Images 0, 1: test images (float reconstructions); image 2: an FID image (kept as uint8).
     code = _matched_noise(e2e, e2e_recs[:2] + [tensor_to_uint8(e2e_recs[2])],
                           corr_recs[:2] + [tensor_to_uint8(corr_recs[2])], seed=3)
@@ -84,7 +86,7 @@ def test_control_coder_uses_the_e2e_file_and_matches_each_image():
             assert info["bytes"] == 100 + i and info["lambda_bytes"] == 0 and info["encode_s"] == 0.1
             assert info["stream"] == f"streams/e2e/r0/img{i}.pdc"
         else:
-            assert "bytes" not in info
+            assert info["bytes"] == 500 and info["stream"] == "streams_fid/e2e/r0/photo.pdc"
 
 
 def test_high_band_noise_lies_above_the_low_pass_and_still_matches():

@@ -349,6 +349,37 @@ def test_fid_and_kid_on_patches(lib_run):
     assert (out / "rd_fid.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_fid_is_plotted_and_fitted_against_the_fid_images_own_bits(lib_run):
+    """The test images (80×72 crops) and the FID images (256² photos) differ: an FID point's bit-rate is its
+    FID images' files, and FID/KID BD-rates (CorrDiff vs JPEG among them) fit against that."""
+    out, res = lib_run
+    from pdc.rd.bd import bd_rate
+
+    for key, system in res["systems"].items():
+        for point in system["points"]:
+            fid_rows = point["per_fid_image"]
+            assert len(fid_rows) == 2
+            if key in ("corrdiff", "e2e", "jpeg"):  # systems with files of their own
+                for r in fid_rows:
+                    f = next((out / "streams_fid" / key / point["label"]).glob(f"{r['image']}.*"))
+                    assert r["bytes"] == f.stat().st_size
+                    assert r["bpp"] == pytest.approx(8 * r["bytes"] / (256 * 256))
+            assert point["fid_bpp"] == pytest.approx(np.mean([r["bpp"] for r in fid_rows]))
+            assert point["fid_bpp"] != pytest.approx(point["bpp"], rel=1e-3)  # other photos, other bits
+    e2e = {p["label"]: p["fid_bpp"] for p in res["systems"]["e2e"]["points"]}
+    assert {p["label"]: p["fid_bpp"] for p in res["systems"][CONTROL]["points"]} == e2e  # e2e's files
+    comps = json.loads((out / "bd_rate.json").read_text())["comparisons"]
+    for metric in ("fid", "kid"):
+        c = comps[f"corrdiff_vs_jpeg_{metric}"]
+        assert c["rate"] == "fid_bpp"
+        corr = res["systems"]["corrdiff"]["points"]
+        assert c["curves"]["test"] == [[p["fid_bpp"], p[metric]] for p in corr]
+        assert c["value"] == bd_rate(c["curves"]["anchor"], c["curves"]["test"], higher_is_better=False)["value"]
+    assert comps["corrdiff_vs_jpeg_lpips"]["rate"] == "bpp"
+    with open(out / "rd.csv", newline="") as f:
+        assert all(float(r["fid_bpp"]) > 0 for r in csv.DictReader(f))
+
+
 def test_single_corrected_step_evaluates(model_set, tiny_images, tmp_path):
     """K = 1 codes a single λ (a message CompressAI's rANS encoder used to crash on)."""
     from pdc.rd import evaluate_model_set
