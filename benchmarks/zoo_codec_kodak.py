@@ -5,7 +5,10 @@ Every point is a real file (decoded from disk); bpp counts every byte. BD-rate o
 (negative = fewer bits for the same quality) of the codec against each classic codec, fitted on all
 rate points (pdc/rd/bd.py)::
 
-    .venv/bin/python benchmarks/zoo_codec_kodak.py --images ../shared/data/kodak --json outputs/zoo_kodak.json
+    .venv/bin/python benchmarks/zoo_codec_kodak.py --images ../shared/data/kodak --training-data data/raw \
+        --json outputs/zoo_kodak.json
+
+``--training-data`` (the folder the shipped codec was trained on) refuses any test image found in it by pixels.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-lpips", action="store_true")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--training-data", type=Path, default=None,
+                    help="The codec's training images: a test image equal to one of them is refused.")
     args = ap.parse_args()
 
     summary = evaluate_model_set(args.model, args.images, args.out, limit=args.limit, systems=["codec"],
                                  classic=classic_codecs(), with_lpips=not args.no_lpips,
-                                 gammas=(), progress=True)
+                                 gammas=(), progress=True, training_data=args.training_data)
     curves = {key: [(p["bpp"], p) for p in s["points"]] for key, s in summary["systems"].items()}
     print(f"{'system':<8} {'point':<6} {'bpp':>7} {'PSNR':>7} {'MS-SSIM':>8} {'LPIPS-alex':>11}")
     for key, pts in curves.items():
