@@ -55,7 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_codec.py
 
-# Wheels + photos for a GPU machine without a package index (benchmarks/README.md, "A bare GPU machine").
+# Wheels + photos for a GPU machine without a package index (benchmarks/README.md, "A GPU machine without a package index").
 gpu-bundle: $(STAMP)
 	$(BIN)/python benchmarks/gpu_bundle.py
 

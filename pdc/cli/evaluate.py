@@ -205,7 +205,7 @@ def evaluate(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Model set or package directory, or an MLflow URI "
                                                        "(models:/corrdiff@champion); default: the shipped model "
-                                                       "(pdc/zoo/small; codec-only for now: --systems codec).")
+                                                       "(pdc/zoo/small, every mode).")
     ] = None,
     images: Annotated[Path, typer.Option(help="Test images: a folder (Kodak: `pdc data fetch kodak` → "
                                               "data/test/kodak) or a shards folder (its val split).")] = DEFAULT_IMAGES,
