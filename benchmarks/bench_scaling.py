@@ -34,13 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"1 worker × 1 CPU": (1, 1), "1 worker × 2 CPUs": (1, 2), "2 workers × 1 CPU": (2, 1)}
 
 
-def _params(root: Path, profile: str, stage: str, steps: int, batch: int, workers: int, cpus: int) -> Path:
+def _params(root: Path, profile: str, stage: str, steps: int, batch: int, workers: int, cpus: int, tag: str) -> Path:
+    """The profile with this configuration's scaling, and Ray Train storage of its own: runs of one stage and
+    rate point share a run identity, so with shared storage every run after the first would resume from the
+    previous one's final checkpoint and train no step."""
     doc = yaml.safe_load((REPO / "params.yaml").read_text())
     doc["profile"] = profile
     prof = doc["profiles"][profile]
     prof["train"][stage].update(steps=steps, batch_size=batch, checkpoint_every=10**6)
-    prof["scaling"] = {**prof.get("scaling", {}), "num_workers": workers, "cpus_per_worker": cpus, "use_gpu": False}
-    path = root / f"params-{workers}x{cpus}.yaml"
+    prof["scaling"] = {**prof.get("scaling", {}), "num_workers": workers, "cpus_per_worker": cpus, "use_gpu": False,
+                       "storage_path": str(root / "ray" / tag)}
+    path = root / f"params-{tag}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -80,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
         for r in range(args.rounds):
             for name, (workers, cpus) in CONFIGS.items():
-                params = _params(root, args.profile, args.stage, args.steps, args.batch, workers, cpus)
                 tag = f"{workers}x{cpus}-{r}"
+                params = _params(root, args.profile, args.stage, args.steps, args.batch, workers, cpus, tag)
                 m = run_stage_scaled(args.stage, params, None, "r0", data=shards, out=root / "pkg" / tag, init=init,
                                      workdir=root / "ck" / tag, metrics=root / "m" / f"{tag}.json")
                 rates[name].append(m["steps_per_s"])
