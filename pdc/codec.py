@@ -28,9 +28,11 @@ from pdc.bitstream import MAX_PIXELS, Mode, Section, Stream, parse
 from pdc.errors import BitstreamError, ModelPackageError
 from pdc.imageio import uint8_to_tensor
 from pdc.progress import progress_bar
-from pdc.models.codec import CODEC_MULTIPLE, decode_latent, encode_latent, latent_shape, pad_to_multiple
+from pdc.models.codec import (CODEC_MULTIPLE, decode_latent, encode_latent, encode_latents, latent_shape,
+                              pad_to_multiple)
 from pdc.models.correction import decode_levels, encode_levels, quantize, uniform_tables
 from pdc.models.package import CorrDiffModel
+from pdc.models.refine import LatentRefinement, refine_latent
 from pdc.models.sampler import SampleResult, correctable_steps, sample
 
 
@@ -103,11 +105,33 @@ class CodedLatent(NamedTuple):
     y_hat: torch.Tensor  # decoded back from the strings, exactly as the decoder will see it
 
 
+def refinement_decoder(model: CorrDiffModel, mode: Mode) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The decoder whose MSE latent refinement minimises in ``mode``: D_e where the mode decodes with it
+    (e2e, and the CorrDiff modes' anchor x_e), else g_s (codec, and the diffusion's base x_b)."""
+    return model.privileged if "privileged" in _MODE_PARTS[mode] else model.codec.g_s
+
+
 @torch.no_grad()
-def code_latent(model: CorrDiffModel, x: torch.Tensor) -> CodedLatent:
-    """Pad a (1, 3, H, W) image, entropy-code its latent and decode ŷ back (the encoder's first half)."""
+def code_latent(model: CorrDiffModel, x: torch.Tensor, *, refine: LatentRefinement | None = None,
+                mode: Mode = Mode.CORRDIFF) -> CodedLatent:
+    """Pad a (1, 3, H, W) image, entropy-code its latent and decode ŷ back (the encoder's first half).
+
+    ``refine``: search the latent for ``mode``'s :func:`refinement_decoder` at the package's λ_rd instead
+    of taking g_a's (:mod:`pdc.models.refine`); the decoder side is unchanged.
+    """
     xp = pad_to_multiple(x, _multiple(model))
-    z_str, y_str = encode_latent(model.codec, xp)
+    if refine is None:
+        z_str, y_str = encode_latent(model.codec, xp)
+    else:
+        lambda_rd = refine.lambda_rd if refine.lambda_rd is not None else (
+            model.rate_point.lambda_rd if model.rate_point is not None else None)
+        if lambda_rd is None:
+            raise ModelPackageError("latent refinement needs the rate point's λ_rd, and this model's package records "
+                                    "none (model.json rate_point): give LatentRefinement(lambda_rd=...)")
+        with progress_bar(refine.steps, "refine latent", unit="step", terminal_only=True) as bar:
+            y, z = refine_latent(model.codec, refinement_decoder(model, mode), xp, x, lambda_rd, refine,
+                                 on_step=lambda: bar.update(1))
+        z_str, y_str = encode_latents(model.codec, y, z)
     return CodedLatent(xp, z_str, y_str, decode_latent(model.codec, z_str, y_str, latent_shape(*xp.shape[-2:])))
 
 
@@ -188,11 +212,14 @@ def compress(
     seed: int = 0,
     gamma: float | None = None,
     pick: LambdaPick | None = None,
+    refine: LatentRefinement | None = None,
 ) -> Encoded:
     """Encode one RGB image (uint8 (H, W, 3) or float (1, 3, H, W) in [0, 1]) on the model's device;
     the reconstruction comes back on the CPU. ``pick``: choose the λ levels by :class:`LambdaPick`
-    instead of least squares (CorrDiff mode only). Mode corrdiff-nobits refuses ``gamma`` and ``pick``: its
-    λ is :func:`fixed_levels`."""
+    instead of least squares (CorrDiff mode only). ``refine``: search the latent per image instead of
+    taking the analysis transform's (:func:`code_latent`; fewer bits at equal quality, slower encoding,
+    any decoder reads it). Mode corrdiff-nobits refuses ``gamma`` and ``pick``: its λ is
+    :func:`fixed_levels`."""
     check_mode(model, mode)
     if mode == Mode.CORRDIFF_NOBITS and (gamma is not None or pick is not None):
         # both choose λ at the encoder; this mode's λ is fixed, so either would silently do nothing
@@ -202,7 +229,7 @@ def compress(
     steps = model.config.diffusion.steps if steps is None else steps
     if not mode.uses_diffusion:
         steps = 0
-    xp, z_str, y_str, y_hat = code_latent(model, x)
+    xp, z_str, y_str, y_hat = code_latent(model, x, refine=refine, mode=mode)
     sections = {Section.Z: z_str, Section.Y: y_str}
     levels: list[int] = []
     stars: list[float] = []

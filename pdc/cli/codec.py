@@ -83,6 +83,11 @@ def compress(
     pick: Annotated[bool, typer.Option(
         "--pick", help="Choose λ per step by LPIPS-VGG within 0.1 dB of the least-squares PSNR instead of by least "
                        "squares (encoder only, ≈ 10× slower to encode; any decoder reads the result).")] = False,
+    refine: Annotated[int, typer.Option(
+        "--refine", metavar="STEPS", min=0, max=10000,
+        help="Refine each latent for this many steps at the encoder, for the rate point's rate–distortion "
+             "trade-off (fewer bits at equal quality, see docs/results.md; each step costs about three decoder "
+             "passes; any decoder reads the result). 0: the one-pass encoder.")] = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Compress an image (or every image of a folder) into versioned .pdc streams."""
@@ -92,6 +97,7 @@ def compress(
     from pdc.fsutil import atomic_write_bytes
     from pdc.imageio import image_files, read_image, write_image
     from pdc.metrics import bpp
+    from pdc.models.refine import LatentRefinement
     from pdc.progress import progress_bar
 
     if pick and mode not in (None, "corrdiff"):
@@ -124,7 +130,7 @@ def compress(
                 bar.update(1)
                 continue
             enc = run(net, img, mode=coding, steps=steps, seed=seed, gamma=gamma,
-                      pick=LambdaPick() if pick else None)
+                      pick=LambdaPick() if pick else None, refine=LatentRefinement(steps=refine) if refine else None)
             dest = output / f"{f.stem}.pdc" if image.is_dir() else output
             atomic_write_bytes(dest, enc.data)
             if recon is not None:

@@ -240,8 +240,9 @@ def evaluate(
         str | None,
         typer.Option(help="Only these learned systems, comma-separated (corrdiff, diffusion, e2e, codec, "
                           "corrdiff-g<γ>). Default: all of those. Opt-in: corrdiff-pick (the encoder's perceptual "
-                          "λ pick, ≈ 9 samplings per image) and corrdiff-nobits (the decoder's fixed λ schedule, no "
-                          "λ bits). Matched-noise controls (e2e-noise[-hf][-pick]) run for corrdiff and "
+                          "λ pick, ≈ 9 samplings per image), corrdiff-nobits (the decoder's fixed λ schedule, no "
+                          "λ bits), e2e-refine and corrdiff-refine (the encoder refines each latent, ≈ 60 decoder "
+                          "passes per image). Matched-noise controls (e2e-noise[-hf][-pick]) run for corrdiff and "
                           "corrdiff-pick when e2e runs beside them; e2e-lpips runs with --e2e-lpips."),
     ] = None,
     e2e_lpips: Annotated[

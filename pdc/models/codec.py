@@ -50,8 +50,17 @@ def quantized_latent(codec: MeanScaleHyperprior, x: torch.Tensor) -> torch.Tenso
 
 def encode_latent(codec: MeanScaleHyperprior, x: torch.Tensor) -> tuple[bytes, bytes]:
     """Entropy-code a padded image: (z string, y string). ``codec.update()`` must have run."""
-    out = codec.compress(x)
-    (y_str,), (z_str,) = out["strings"]
+    y = codec.g_a(x)
+    return encode_latents(codec, y, codec.h_a(y))
+
+
+def encode_latents(codec: MeanScaleHyperprior, y: torch.Tensor, z: torch.Tensor) -> tuple[bytes, bytes]:
+    """Entropy-code a given latent (y, z) — g_a's or a refined one (:mod:`pdc.models.refine`): (z string,
+    y string), the arithmetic of ``MeanScaleHyperprior.compress`` after its analysis transforms."""
+    (z_str,) = codec.entropy_bottleneck.compress(z)
+    z_hat = codec.entropy_bottleneck.decompress([z_str], z.size()[-2:])
+    scales, means = codec.h_s(z_hat).chunk(2, 1)
+    (y_str,) = codec.gaussian_conditional.compress(y, codec.gaussian_conditional.build_indexes(scales), means=means)
     return z_str, y_str
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pdc import __version__
-from pdc.config import DiffusionConfig, ModelConfig, PrivilegedConfig, parse_model_config
+from pdc.config import DiffusionConfig, ModelConfig, PrivilegedConfig, RatePoint, parse_model_config
 from pdc.errors import ModelPackageError
 from pdc.fsutil import staging_dir
 from pdc.models.codec import build_codec
@@ -59,6 +59,9 @@ class CorrDiffModel(nn.Module):
         self.scheduler = build_scheduler(config.diffusion)
         steps = config.diffusion.steps
         self.register_buffer("tables", tables if tables is not None else uniform_tables(steps, config.correction.levels))
+        #: The rate point the package was trained for (``model.json``; None for a model built in memory): its
+        #: λ_rd is the trade-off the encoder's latent refinement optimises (:mod:`pdc.models.refine`).
+        self.rate_point: RatePoint | None = None
         self._hash: str | None = None
 
     def with_decode_settings(self, tables: torch.Tensor | None = None, *, correction: Mapping[str, Any] | None = None,
@@ -84,6 +87,7 @@ class CorrDiffModel(nn.Module):
         for part in PARTS:
             getattr(new, part).load_state_dict(getattr(self, part).state_dict())
         new.codec.update(force=True)
+        new.rate_point = self.rate_point
         return new.to(self.tables.device).eval()
 
     def with_fresh_part(self, part: str, config: DiffusionConfig | PrivilegedConfig, seed: int = 0) -> "CorrDiffModel":
@@ -105,6 +109,7 @@ class CorrDiffModel(nn.Module):
             if other != part:
                 getattr(new, other).load_state_dict(getattr(self, other).state_dict())
         new.codec.update(force=True)
+        new.rate_point = self.rate_point
         return new.to(self.tables.device).eval()
 
     def mark_trained(self, part: str) -> None:
@@ -258,6 +263,7 @@ def load_package(path: str | os.PathLike[str], *, verify: bool = True) -> CorrDi
     except (RuntimeError, KeyError, TypeError) as exc:
         raise ModelPackageError(f"{p}: weights do not match the config ({exc})") from None
     model.eval()
+    model.rate_point = RatePoint.from_meta(meta.get("rate_point"))
     if verify and model.content_hash() != meta["hash"]:
         raise ModelPackageError(f"{p}: content hash mismatch (package modified or corrupted)")
     return model
@@ -307,7 +313,6 @@ def write_model_set(dest: str | os.PathLike[str], packages: list[str | os.PathLi
     package per rate point, in a folder named after the rate point (``r{i}`` for packages without one).
     Written atomically like a package.
     """
-    from pdc.config import RatePoint
 
     with staging_dir(Path(dest)) as tmp:
         entries = []

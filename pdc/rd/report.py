@@ -150,6 +150,8 @@ def _style(system: System) -> dict[str, Any]:
         return {"linestyle": "-.", "marker": "x", "markersize": 5, "linewidth": 1.2}
     if system.gamma is not None:
         return {"linestyle": ":", "marker": ".", "markersize": 5, "linewidth": 1.0, "alpha": 0.8}
+    if system.refine:  # the same decoder as its one-pass twin, a better encoder
+        return {"linestyle": "-", "marker": "^", "markersize": 5, "linewidth": 1.6}
     return {"linestyle": "-", "marker": "o", "markersize": 5, "linewidth": 1.6}
 
 
@@ -290,10 +292,16 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
             if measured(metric, "corrdiff", "jpeg"):
                 compare(f"corrdiff_vs_jpeg_{metric}", _curve(corr, metric), "corrdiff", "jpeg", metric)
     # The MSE decoders against the classic codecs on PSNR: the fidelity the perceptual systems build on.
-    for mse in ("e2e", "codec"):
+    for mse in ("e2e", "codec", "e2e-refine"):
         for classic in ("jpeg", "webp"):
             if mse in sys and classic in sys:
-                compare(f"{mse}_vs_{classic}_psnr", _curve(sys[mse], "psnr"), mse, classic, "psnr")
+                compare(f"{mse}_vs_{classic}_psnr".replace("-", "_"), _curve(sys[mse], "psnr"), mse, classic, "psnr")
+    # What the encoder's latent refinement buys the same decoder: bits at equal PSNR, and (CorrDiff) at equal LPIPS.
+    for refined, plain, metrics in (("e2e-refine", "e2e", ("psnr",)), ("corrdiff-refine", "corrdiff", ("psnr", "lpips"))):
+        if refined in sys and plain in sys:
+            for metric in metrics:
+                compare(f"{refined}_vs_{plain}_{metric}".replace("-", "_"), _curve(sys[refined], metric), refined,
+                        plain, metric)
 
     def perceptual(test: str, anchor: str) -> None:
         """``test`` against ``anchor`` on every perceptual metric measured (FID/KID only where an FID set was given)."""
@@ -324,8 +332,10 @@ def bd_report(points: Sequence[Point]) -> dict[str, Any]:
     }
 
 
-#: (test, reference) systems compared image by image at each rate point: what the λ bits add.
-PAIRED = (("corrdiff", "corrdiff-nobits"), ("corrdiff-pick", "corrdiff-nobits"), ("corrdiff-pick", "corrdiff"))
+#: (test, reference) systems compared image by image at each rate point: what the λ bits add, and what
+#: the encoder's latent refinement adds.
+PAIRED = (("corrdiff", "corrdiff-nobits"), ("corrdiff-pick", "corrdiff-nobits"), ("corrdiff-pick", "corrdiff"),
+          ("e2e-refine", "e2e"), ("corrdiff-refine", "corrdiff"))
 
 
 def paired_difference(test: Sequence[float], ref: Sequence[float]) -> dict[str, Any]:

@@ -319,10 +319,11 @@ class _FidSet:
 def _code_learned(model, system: System, x: torch.Tensor, path: Path, *, steps: int | None, seed: int,
                   decode: bool) -> tuple[torch.Tensor, dict[str, Any]]:
     from pdc.codec import LambdaPick, compress, decompress
+    from pdc.models.refine import LatentRefinement
 
     t0 = time.perf_counter()
     enc = compress(model, x, mode=system.mode, steps=steps, seed=seed, gamma=system.gamma,
-                   pick=LambdaPick() if system.pick else None)
+                   pick=LambdaPick() if system.pick else None, refine=LatentRefinement() if system.refine else None)
     t1 = time.perf_counter()
     path.write_bytes(enc.data)
     info: dict[str, Any] = {"bytes": path.stat().st_size, "lambda_bytes": enc.lambda_bytes, "encode_s": t1 - t0}

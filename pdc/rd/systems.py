@@ -30,6 +30,7 @@ class System:
     pick: bool = False  # learned CorrDiff only: λ levels by the encoder's perceptual pick (pdc.codec.LambdaPick)
     matched_to: str | None = None  # a control: key of the system whose PSNR its noise matches, per image
     high_band: bool = False  # a control whose noise lies only above the correction's low-pass
+    refine: bool = False  # learned only: the encoder refines the latent per image (pdc.models.refine)
 
     @property
     def is_control(self) -> bool:
@@ -70,6 +71,13 @@ OPT_IN_SYSTEMS = (
            "CorrDiff whose encoder tries λ ∈ {0, 0.6, 1} on every coded step and keeps the lowest LPIPS-VGG "
            "within 0.1 dB of the least-squares PSNR (VGG is what it optimises: read alex and FID as held out)",
            "learned", Mode.CORRDIFF, pick=True),
+    System("e2e-refine", "E2E, refined latent",
+           "The e2e decoder D_e on a latent the encoder searched per image for D_e's rate–distortion cost at the rate "
+           "point's λ_rd (pdc.models.refine, default settings) instead of the one-pass g_a's: what encode time buys "
+           "the same decoder and file format", "learned", Mode.E2E, refine=True),
+    System("corrdiff-refine", "CorrDiff, refined latent",
+           "CorrDiff on the latent refined for its anchor D_e (as e2e-refine): whether the diffusion decoder keeps "
+           "the refined latent's gain", "learned", Mode.CORRDIFF, refine=True),
 )
 
 

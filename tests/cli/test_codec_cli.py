@@ -194,3 +194,22 @@ def test_a_fresh_clone_compresses_a_photo_with_the_shipped_model(tmp_path, image
     psnr = 10 * np.log10(255**2 / np.mean((decoded - original) ** 2))
     assert psnr > 24, psnr
     assert np.abs(decoded.mean(axis=(0, 1)) - original.mean(axis=(0, 1))).max() < 4  # no colour cast
+
+
+def test_refine_option_writes_a_stream_any_decoder_reads(tmp_path, image):
+    """--refine with the shipped model: a different, decodable e2e stream whose reconstruction is what
+    --recon wrote; a model without a rate point gets one line saying why it cannot refine."""
+    plain, refined, recon, out = (tmp_path / n for n in ("plain.pdc", "refined.pdc", "recon.png", "out.png"))
+    for dest, extra in ((plain, []), (refined, ["--refine", "10", "--recon", str(recon)])):
+        r = run_pdc("compress", str(image), "-o", str(dest), "--mode", "e2e", *extra)
+        assert r.returncode == 0, r.stderr
+    assert plain.read_bytes() != refined.read_bytes()
+    r = run_pdc("decompress", str(refined), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert np.abs(read_image(out).astype(int) - read_image(recon).astype(int)).max() <= 1
+
+
+def test_refine_needs_a_rate_point(tmp_path, model_dir, image):
+    r = run_pdc("compress", str(image), "-o", str(tmp_path / "x.pdc"), "--model", str(model_dir), "--refine", "2")
+    assert r.returncode == 2 and "λ_rd" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.pdc").exists()

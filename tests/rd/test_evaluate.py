@@ -733,3 +733,26 @@ def test_an_interrupted_evaluation_resumes_and_gives_what_an_uninterrupted_one_g
     coded.clear()
     evaluate_model_set(model_set, tiny_images, tmp_path / "ev2", **{**kw, "seed": 1})
     assert "starting afresh" in capsys.readouterr().err and len(coded) == 4 * 3
+
+
+def test_refined_latent_systems_are_opt_in_and_compared_with_their_one_pass_twins(model_set, tiny_images, tmp_path):
+    """e2e-refine and corrdiff-refine run only when named, write streams that decode to the encoder's
+    simulation (the same decoder reads them), and are compared with e2e / corrdiff image by image and by
+    BD-rate at the package's own λ_rd."""
+    from pdc.rd import evaluate_model_set
+
+    res = evaluate_model_set(model_set, tiny_images, tmp_path / "e", limit=2, crop=64, steps=2, classic=[], gammas=(),
+                             systems=["e2e", "e2e-refine", "corrdiff", "corrdiff-refine"], with_lpips=False,
+                             progress=False)
+    rows = {(r["system"], r["point"]): r for r in res["rows"]}
+    assert {s for s, _ in rows} >= {"e2e", "e2e-refine", "corrdiff", "corrdiff-refine"}
+    for point in ("r0", "r1"):
+        assert rows[("e2e-refine", point)]["decode_max_abs_diff"] <= 1 / 255
+        assert rows[("corrdiff-refine", point)]["decode_max_abs_diff"] <= 1 / 255
+    bd = json.loads((tmp_path / "e" / "bd_rate.json").read_text())
+    assert bd["comparisons"]["e2e_refine_vs_e2e_psnr"]["anchor"] == "e2e"
+    assert bd["comparisons"]["corrdiff_refine_vs_corrdiff_lpips"]["test"] == "corrdiff-refine"
+    assert set(bd["paired"]) >= {"e2e-refine_minus_e2e/r0", "corrdiff-refine_minus_corrdiff/r1"}
+    default = evaluate_model_set(model_set, tiny_images, tmp_path / "d", limit=1, crop=64, steps=2, classic=[],
+                                 gammas=(), with_lpips=False, progress=False)
+    assert not {"e2e-refine", "corrdiff-refine"} & {r["system"] for r in default["rows"]}
