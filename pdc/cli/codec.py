@@ -86,8 +86,9 @@ def compress(
     refine: Annotated[int, typer.Option(
         "--refine", metavar="STEPS", min=0, max=10000,
         help="Refine each latent for this many steps at the encoder, for the rate point's rate–distortion "
-             "trade-off (fewer bits at equal quality, see docs/results.md; each step costs about three decoder "
-             "passes; any decoder reads the result). 0: the one-pass encoder.")] = 0,
+             "trade-off: fewer bits at equal quality, any decoder reads the result. 60 saves ≈ 4 % of the bits at "
+             "equal PSNR on Kodak for ≈ 20 s of encoding per photo on 2 CPU cores (docs/results.md). 0: the "
+             "one-pass encoder.")] = 0,
     device: DeviceOpt = "auto",
 ) -> None:
     """Compress an image (or every image of a folder) into versioned .pdc streams."""
