@@ -105,7 +105,7 @@ class CodedLatent(NamedTuple):
     y_hat: torch.Tensor  # decoded back from the strings, exactly as the decoder will see it
 
 
-def refinement_decoder(model: CorrDiffModel, mode: Mode) -> Callable[[torch.Tensor], torch.Tensor]:
+def refinement_decoder(model: CorrDiffModel, mode: Mode) -> torch.nn.Module:
     """The decoder whose MSE latent refinement minimises in ``mode``: D_e where the mode decodes with it
     (e2e, and the CorrDiff modes' anchor x_e), else g_s (codec, and the diffusion's base x_b)."""
     return model.privileged if "privileged" in _MODE_PARTS[mode] else model.codec.g_s

@@ -86,9 +86,7 @@ class CorrDiffModel(nn.Module):
         new = CorrDiffModel(cfg, tables=tables, trained=self.trained)
         for part in PARTS:
             getattr(new, part).load_state_dict(getattr(self, part).state_dict())
-        new.codec.update(force=True)
-        new.rate_point = self.rate_point
-        return new.to(self.tables.device).eval()
+        return self._adopt(new)
 
     def with_fresh_part(self, part: str, config: DiffusionConfig | PrivilegedConfig, seed: int = 0) -> "CorrDiffModel":
         """A copy whose ``part`` ("diffusion" or "privileged") is a fresh network built from ``config``.
@@ -108,6 +106,11 @@ class CorrDiffModel(nn.Module):
         for other in PARTS:
             if other != part:
                 getattr(new, other).load_state_dict(getattr(self, other).state_dict())
+        return self._adopt(new)
+
+    def _adopt(self, new: "CorrDiffModel") -> "CorrDiffModel":
+        """What every derived copy shares with this model: entropy tables rebuilt, the rate point, the
+        device, eval mode."""
         new.codec.update(force=True)
         new.rate_point = self.rate_point
         return new.to(self.tables.device).eval()

@@ -22,14 +22,16 @@ from dataclasses import dataclass
 
 import torch
 from compressai.models import MeanScaleHyperprior
+from torch import nn
 
 
 @dataclass(frozen=True)
 class LatentRefinement:
     """How long and how fast the encoder refines its latent (:func:`refine_latent`).
 
-    Defaults measured on Kodak with the shipped model set (docs/results.md): a larger step size
-    oscillates under the straight-through rounding, more steps add little.
+    Defaults chosen on BSDS500 val with the shipped model set (benchmarks/screen_refinement.py,
+    docs/results.md): a larger step size oscillates under the straight-through rounding, 120 steps add
+    little for twice the time.
     """
 
     steps: int = 60
@@ -49,7 +51,7 @@ def _round_ste(values: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return values + (rounded - values).detach()
 
 
-def rd_cost(codec: MeanScaleHyperprior, decoder: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+def rd_cost(codec: MeanScaleHyperprior, decoder: nn.Module, y: torch.Tensor,
             z: torch.Tensor, x: torch.Tensor, lambda_rd: float) -> torch.Tensor:
     """bpp + λ_rd·255²·MSE of the latent (y, z) quantized as the entropy coder will, decoded by ``decoder``
     and compared with ``x`` (the unpadded image; the decoder's output is cropped to it)."""
@@ -67,7 +69,7 @@ def rd_cost(codec: MeanScaleHyperprior, decoder: Callable[[torch.Tensor], torch.
     return bits / (h * w) + lambda_rd * 255**2 * mse
 
 
-def refine_latent(codec: MeanScaleHyperprior, decoder: Callable[[torch.Tensor], torch.Tensor], x_padded: torch.Tensor,
+def refine_latent(codec: MeanScaleHyperprior, decoder: nn.Module, x_padded: torch.Tensor,
                   x: torch.Tensor, lambda_rd: float, settings: LatentRefinement,
                   on_step: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The refined (y, z) of one padded image (module docstring); ``x``: the unpadded image the distortion
@@ -76,7 +78,7 @@ def refine_latent(codec: MeanScaleHyperprior, decoder: Callable[[torch.Tensor], 
     with torch.no_grad():
         y0 = codec.g_a(x_padded)
         z0 = codec.h_a(y0)
-    params = [p for p in codec.parameters()] + [p for p in getattr(decoder, "parameters", lambda: [])()]
+    params = [*codec.parameters(), *decoder.parameters()]
     frozen = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)  # gradients for the latent only, not for every weight
